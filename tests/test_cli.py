@@ -43,7 +43,7 @@ def test_evaluate_prints_table_and_writes_json(
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(trained), "--data-dir", GLUE, "--json", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy" in printed and len(printed.strip().splitlines()) == 4
+    assert "accuracy" in printed and len(printed.strip().split("\n\n")[0].splitlines()) == 4
     report = json.loads(out.read_text())
     assert report["task"] == "sst2" and report["split"] == "dev" and report["examples"] == 872
     assert [e["layer"] for e in report["exits"]] == [2, 4, 6]

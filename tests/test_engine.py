@@ -1,7 +1,7 @@
 """The live runtime against simulate(): identical exits and predictions, for every policy, at batch 1 and 32.
 
 MiniLM-L6 with quickly fitted heads (``minilm_sst2`` in conftest.py) runs the first SST-2 dev sentences
-live (batch 1: the first 24; batch 32: the first 80, i.e. two full batches and a partial one, so
+live (batch 1: the first 32; batch 32: the first 112, i.e. three full batches and a partial one, so
 compaction and padding trimming happen) and the same sentences' cached per-exit logits go through
 ``simulate``. Thresholds are taken from each policy's own grid where the exits spread across layers,
 and only where the simulated result does not change under a tiny nudge of the threshold: the live
@@ -24,9 +24,9 @@ from offramp.engine import EarlyExitEngine, simulate
 from offramp.policies import PolicyError, get_policy
 
 GLUE_DIR = default_glue_dir()  # ../shared/data/glue beside the repository
-N_BATCH1 = 24
+N_BATCH1 = 32
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
-N_BATCH32 = 80
+N_BATCH32 = 112
 
 # (registry name, fixed parameters); "accuracy" weights are filled in from the cached exits.
 CASES: list[tuple[str, dict[str, Any]]] = [

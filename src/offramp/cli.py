@@ -274,22 +274,55 @@ def add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
     p.add_argument("--json", help="where to write the scores (default: MODEL_DIR/eval_<task>_<split>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--policies",
+        help="comma-separated policies to sweep, wildcards ok, e.g. 'maxprob,pcee*' (default: all that "
+        "apply)",
+    )
+    p.add_argument("--grid-size", type=int, default=100, help="settings per policy sweep (default: 100)")
+    p.add_argument("--report", metavar="DIR", help="also write a Markdown report with plots into DIR")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the exit outputs instead of reusing MODEL_DIR/exit_outputs_<task>_<split>.npz",
+    )
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import collect_exit_outputs, scores_from_outputs
-    from .model import MultiExitModel
+    from .cascade import CascadeModel, load_any
+    from .evaluate import ExitOutputs, collect_exit_outputs, scores_from_outputs
+    from .report import evaluate_policies, write_report
 
-    model = MultiExitModel.load(args.model_dir)
+    model = load_any(args.model_dir)
     if args.task is None and args.data_file is None and args.hf_dataset is None:
         args.task = model.config.task
     data = load_from_args(args, args.split)
     _check_labels_match(model, data)
+    cache = Path(args.model_dir) / f"exit_outputs_{data.task or model.config.task or 'data'}_{args.split}.npz"
     start = time.perf_counter()
-    outputs = collect_exit_outputs(model, data, args.batch_size, progress=not args.no_progress)
+    cached = cache.is_file() and not args.no_cache
+    if cached:
+        outputs = ExitOutputs.load(str(cache))
+        if outputs.logits.shape[1] != len(data) or list(outputs.exits) != list(model.exits):
+            raise ValueError(f"{cache} does not match this model and split; pass --no-cache to recompute")
+    else:
+        outputs = collect_exit_outputs(model, data, args.batch_size, progress=not args.no_progress)
+        tmp_cache = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
+        outputs.save(str(tmp_cache))
+        os.replace(tmp_cache, cache)
     seconds = time.perf_counter() - start
     rows = scores_from_outputs(outputs, data.task or model.config.task, model.is_regression)
+    patterns = [x.strip() for x in args.policies.split(",") if x.strip()] if args.policies else None
+    result = evaluate_policies(
+        outputs,
+        data.task or model.config.task,
+        model.is_regression,
+        policies=patterns,
+        grid_size=args.grid_size,
+        multi_model=isinstance(model, CascadeModel),
+        calibrated_policy=model.config.policy,
+    )
     report = {
         "model_dir": str(args.model_dir),
         "task": data.task or model.config.task,
@@ -299,15 +332,77 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "exits": rows,
         "final": rows[-1],
         "seconds": seconds,
+        "cached_outputs": cached,
+        "policies": result["policies"],
+        "analysis": result["analysis"],
+        "calibrated": result["calibrated"],
+        "targets": result["targets"],
+        "multi_model": result["multi_model"],
     }
     metric_names = list(rows[0]["metrics"])
     print_table(
         ["exit", "layer", *metric_names], [[r["exit"], r["layer"], *r["metrics"].values()] for r in rows]
     )
+    keys = [f"{t:g}" for t in result["targets"]]
+    print()
+    print_table(
+        ["policy", *[f"@{k}x" for k in keys], "AUC 1-3x"],
+        [
+            [n, *[_fmt_opt(p["at_speedup"][k]) for k in keys], _fmt_opt(p["auc"])]
+            for n, p in result["policies"].items()
+        ],
+    )
     name = f"eval_{report['task'] or 'data'}_{args.split}.json"
     out = Path(args.json) if args.json else Path(args.model_dir) / name
     write_json_atomic(out, report)
+    if args.report:
+        title = f"{Path(args.model_dir).name}: {report['task'] or 'data'} {args.split}"
+        write_report(result, args.report, title)
+        print(f"report written to {Path(args.report) / 'report.md'}", file=sys.stderr)
     print(f"{len(data)} examples in {seconds:.1f} s; scores written to {out}", file=sys.stderr)
+    return 0
+
+
+def _fmt_opt(value: float | None) -> str:
+    """A score, or '-' where it is undefined (null in the JSON)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+def add_compare_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="aggregate evaluate results over seeds and compare configurations",
+        description="Read evaluate JSONs (or model folders holding one eval_<task>_<split>.json), group "
+        "runs that differ only in seed, and give mean ± 95%% interval of each policy's score at each "
+        "target speed-up.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_JSON", help="evaluate JSONs or model folders")
+    p.add_argument("--report", metavar="DIR", help="write a Markdown report with an overlay plot into DIR")
+    p.add_argument("--json", help="write the aggregate as JSON here")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .report import compare_runs, load_run, write_compare_report
+
+    result = compare_runs([load_run(r) for r in args.runs])
+    for conf in result["configurations"]:
+        print(f"{conf['label']}  ({len(conf['runs'])} runs, seeds {conf['seeds']})")
+        keys = [f"{t:g}" for t in conf["targets"]]
+        rows = []
+        for name, p in conf["policies"].items():
+            cells = [p["at_speedup"][k] for k in keys] + [p["auc"]]
+            rows.append([name, *[f"{_fmt_opt(c['mean'])} ± {_fmt_opt(c['half'])}" for c in cells]])
+        print_table(["policy", *[f"@{k}x" for k in keys], "AUC 1-3x"], rows)
+        print()
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+    if args.report:
+        write_compare_report(result, args.report)
+        print(f"report written to {Path(args.report) / 'report.md'}", file=sys.stderr)
     return 0
 
 
@@ -417,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_compare_parser(sub)
     add_gradients_parser(sub)
     # predict / calibrate / bench live in their own modules (they import torch when the parser is built)
     from .bench import add_bench_parser

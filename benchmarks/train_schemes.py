@@ -161,7 +161,9 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"- {name} exit 1 per seed: {per_seed}")
     lines.append("")
     lines.append(
-        "multi-model: exit k is an independent model of depth k (cost of answering at k: 1+…+k layers)."
+        "multi-model: exit k is an independent model of depth k (cost of answering at k: 1+…+k layers). "
+        "train s: wall clock of one run including model loading, mean over seeds, on a shared 2-core "
+        "machine under varying outside load: not a cost measure (see train_cost.md)."
     )
     return "\n".join(lines) + "\n"
 

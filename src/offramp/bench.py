@@ -214,8 +214,8 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Implementation of ``offramp bench``."""
+    from .cascade import load_any
     from .cli import load_from_args
-    from .engine import load_any_model
 
     sizes = parse_batch_sizes(args.batch_sizes)
     if args.max_samples is not None and args.max_samples < 1:
@@ -224,7 +224,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}: expected a positive count")
         torch.set_num_threads(args.threads)
-    model = load_any_model(args.model_dir)
+    model = load_any(args.model_dir)
     if args.task is None and args.data_file is None and args.hf_dataset is None:
         args.task = getattr(model.config, "task", None)
     data = load_from_args(args, args.split)

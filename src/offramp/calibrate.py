@@ -492,9 +492,9 @@ def validation_data(args: argparse.Namespace, model: Any) -> tuple[Any, str]:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Implementation of ``offramp calibrate``."""
-    from .engine import load_any_model
+    from .cascade import load_any
 
-    model = load_any_model(args.model_dir)
+    model = load_any(args.model_dir)
     data, split = validation_data(args, model)
     if data.labels is None:
         raise ValueError(f"the calibration split {split!r} has no labels")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cascade import load_any
 from .policies import (
     ExitOutput,
     Policy,
@@ -605,17 +606,6 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def load_any_model(model_dir: str) -> Any:
-    """A model folder of either kind: a multi-exit model or a multi-model cascade (``cascade.json``)."""
-    try:
-        from .cascade import load_any
-    except ImportError:  # pragma: no cover - cascades not available
-        from .model import MultiExitModel
-
-        return MultiExitModel.load(model_dir)
-    return load_any(model_dir)
-
-
 def read_inputs(path: str, pair: bool | None) -> tuple[list[Any], list[int]]:
     """Non-blank lines of ``path`` (``-`` = stdin) and their 1-based line numbers; pairs split at TAB."""
     if path == "-":
@@ -650,7 +640,7 @@ def read_inputs(path: str, pair: bool | None) -> tuple[list[Any], list[int]]:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Implementation of ``offramp predict``."""
-    model = load_any_model(args.model_dir)
+    model = load_any(args.model_dir)
     policy = policy_from_args(args.policy, args.threshold, args.param)
     if policy is None and args.threshold is not None:
         policy = resolve_policy(model, None, parse_threshold(args.threshold))

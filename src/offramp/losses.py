@@ -590,12 +590,17 @@ class CoseeScheme(Scheme):
     """COSEE's training objective, with its per-epoch signal range as checkpointed state.
 
     Each step (paper §3.2–3.4): all exits run; K thresholds are drawn uniformly from [lo, hi], the min
-    and max of the signal over the internal exits (1..K−1, the only ones whose signal can trigger an
-    exit) and all training samples of the previous epoch — (0, 1) in the first epoch; the exit rule
-    itself (``policies.get_policy("threshold", signal=...)`` through ``engine.simulate``) gives each
-    sample's exit m*_n at each threshold; weights and loss follow eq. 2–5 (per-sample weights sum to 1;
-    batch mean; plain mean over the K thresholds), plus α·OSC (eq. 6–9). The simulation runs without
-    gradient on detached logits; OSC's signal means keep theirs.
+    and max of the signal over the training samples of the previous epoch — (0, 1) in the first epoch;
+    the exit rule itself (``policies.get_policy("threshold", signal=...)`` through ``engine.simulate``)
+    gives each sample's exit m*_n at each threshold; weights and loss follow eq. 2–5 (per-sample weights
+    sum to 1 over exits; batch mean; plain mean over the K thresholds), plus α·OSC (eq. 6–9).
+
+    Readings where the paper leaves room (the authors' code agrees where it says anything): the range
+    covers the internal exits 1..K−1 (the paper says "all layers"; the last exit's signal never decides
+    an exit and the code leaves it out); β_t uses t = optimiser steps done so far (0 at the first step);
+    |m − m*| is counted in exits, not layers, when exits are sparse; with several processes the range is
+    the min and max over all of them. The simulation runs without gradient on detached logits; OSC keeps
+    its gradient.
     """
 
     def __init__(self, config: CoseeConfig, model: nn.Module):

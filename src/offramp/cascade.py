@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from .model import (
     ModelLoadError,
     MultiExitModel,
     MultiExitOutput,
+    atomic_dir,
     natural_pooling,
-    replace_dir,
     resolve_backbone,
 )
 
@@ -159,10 +157,7 @@ class CascadeModel(nn.Module):
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``cascade.json``, the tokenizer and ``member-k`` folders atomically (temp + rename)."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             for k, member in enumerate(self.members):
                 kept, member.tokenizer = member.tokenizer, None  # one tokenizer copy, at the root
                 try:
@@ -172,11 +167,7 @@ class CascadeModel(nn.Module):
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp))
             (tmp / CASCADE_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> CascadeModel:

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,10 +322,7 @@ class MultiExitModel(nn.Module):
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the model folder atomically: a temporary sibling folder renamed into place."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             (tmp / BACKBONE_CONFIG_FILE).write_text(self.backbone.config.to_json_string())
             save_model(
@@ -331,11 +330,7 @@ class MultiExitModel(nn.Module):
             )
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp))
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> MultiExitModel:
@@ -382,6 +377,23 @@ class MultiExitModel(nn.Module):
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         return model.to(device).eval()
+
+
+@contextmanager
+def atomic_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a folder atomically: yield a temporary sibling, rename it into place on success.
+
+    On any failure the temporary folder is removed and an existing ``directory`` is left untouched.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(source: Path, target: Path) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -377,25 +376,16 @@ def render_markdown(result: dict[str, Any], title: str) -> str:
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str], title: str) -> Path:
     """Write ``report.md``, ``report.json`` and the PNGs into ``out_dir`` atomically (temp + rename)."""
-    from .model import replace_dir
+    from .model import atomic_dir
 
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         if result.get("policies"):
             plot_curves(result, tmp / "curves.png", title)
             plot_histograms(result, tmp / "histograms.png")
         plot_per_exit(result, tmp / "per_exit.png")
         (tmp / "report.md").write_text(render_markdown(result, title) + "\n")
         (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -550,19 +540,10 @@ def _pm(mean: float | None, half: float | None) -> str:
 
 def write_compare_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """``report.md`` + ``compare.png`` + ``compare.json`` in ``out_dir``, atomically."""
-    from .model import replace_dir
+    from .model import atomic_dir
 
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         plot_compare(result, tmp / "compare.png")
         (tmp / "report.md").write_text(render_compare_markdown(result) + "\n")
         (tmp / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return Path(out_dir)

@@ -6,4 +6,5 @@ bash "$root/scripts/setup.sh"
 venv="${OFFRAMP_VENV:-$root/.venv}"
 cd "$root"
 "$venv/bin/ruff" check src tests benchmarks
+"$venv/bin/ruff" format --check src tests benchmarks
 exec "$venv/bin/python" -m pytest "$@"

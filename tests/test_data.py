@@ -540,3 +540,12 @@ def test_wrong_field_count_and_bad_json(tmp_path: Path) -> None:
 def test_bad_text_column_count() -> None:
     with pytest.raises(DataError, match=r"\['a', 'b', 'c'\]: expected one or two"):
         load_table("whatever.csv", ["a", "b", "c"])
+
+
+def test_header_only_file_is_an_error(tmp_path: Path) -> None:
+    p = write(tmp_path / "d.tsv", [tsv("a", "label")])
+    with pytest.raises(DataError, match=r"no data rows; expected at least one row"):
+        load_table(p, "a", "label")
+    write(tmp_path / "SST-2" / "dev.tsv", [tsv("sentence", "label")])
+    with pytest.raises(DataError, match="no data rows"):
+        load_glue("sst2", tmp_path, "dev")

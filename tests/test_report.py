@@ -195,9 +195,9 @@ def test_compare_aggregates_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_evaluate_cli_writes_policies_cache_and_report(
     minilm_sst2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = (default_glue_dir() / "SST-2" / "dev.tsv").read_text().splitlines()[:41]
+    rows = (default_glue_dir() / "SST-2" / "dev.tsv").read_text().splitlines()
     data = tmp_path / "dev40.tsv"
-    data.write_text("\n".join(rows) + "\n")
+    data.write_text("\n".join(rows[:41]) + "\n")
     model_dir = tmp_path / "model"  # a copy: evaluate caches its exit outputs in the model folder
     shutil.copytree(minilm_sst2_dir, model_dir)
     args = ["evaluate", str(model_dir), "--data-file", str(data), "--task", "sst2", "--split", "dev40"]
@@ -213,3 +213,12 @@ def test_evaluate_cli_writes_policies_cache_and_report(
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "curves.png").stat().st_size
     assert main([*args, *common]) == 0  # second run reuses the cached outputs
     assert json.loads(out.read_text())["cached_outputs"] is True
+    cache = model_dir / "exit_outputs_sst2_dev40.npz"
+    first = ExitOutputs.load(str(cache)).logits
+    # Another file with as many rows under the same name: the cache is stale and must not be reused.
+    data.write_text("\n".join(rows[:1] + rows[41:81]) + "\n")
+    assert main([*args, *common]) == 0
+    again = json.loads(out.read_text())
+    assert again["cached_outputs"] is False
+    assert not np.allclose(ExitOutputs.load(str(cache)).logits[:, 1:], first[:, 1:])
+    assert "recomputing" in capsys.readouterr().err

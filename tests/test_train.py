@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -84,6 +85,7 @@ TRAIN, VAL = sentiment(64), sentiment(16, seed=1)
     ("scheme", "kill_at", "options"),
     [
         ("joint", 3, {}),  # mid-epoch 1 (4 steps per epoch)
+        ("sweet", 6, {"group_by_length": True}),  # mid-epoch 2 of a length-grouped order
         ("cosee", 3, {"grad_accum": 2}),  # mid-epoch 2: after an epoch-end signal-range update
         ("two-stage", 10, {"learned_exit": True}),  # inside stage 2 (8 steps per stage)
     ],
@@ -142,6 +144,8 @@ def test_resume_refuses_a_different_run(tmp_path: Path, tokenizer: BertTokenizer
     build_and_train(TRAIN, None, tmp_path / "m", save_every=2, stop_after=2, **kw)
     with pytest.raises(ValueError, match="different run"):
         build_and_train(TRAIN, None, tmp_path / "m", resume=True, **{**kw, "batch_size": 8})
+    with pytest.raises(ValueError, match="group_by_length"):
+        build_and_train(TRAIN, None, tmp_path / "m", resume=True, **{**kw, "group_by_length": True})
     with pytest.raises(FileNotFoundError):
         build_and_train(TRAIN, None, tmp_path / "x", resume=tmp_path / "nowhere", **kw)
 
@@ -240,6 +244,27 @@ def test_batch_order_is_a_function_of_seed_stage_and_epoch() -> None:
     assert [len(x) for x in odd] == [2, 2]  # 3 global batches padded to 4 by wrapping around
 
 
+def test_length_grouping_cuts_padding_and_keeps_every_row_once() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=1000).tolist()
+    plain = BatchOrder(1000, 16, seed=3).batches(0, 0)
+    grouped = BatchOrder(1000, 16, seed=3, lengths=lengths).batches(0, 0)
+    assert sorted(i for b in grouped for i in b) == list(range(1000))
+    assert len(grouped) == len(plain)
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)  # random lengths 3..59: about half the padding
+    assert grouped == BatchOrder(1000, 16, seed=3, lengths=lengths).batches(0, 0)
+    assert grouped != BatchOrder(1000, 16, seed=3, lengths=lengths).batches(0, 1)
+    # batches are shuffled, not served longest-first
+    firsts = [max(lengths[i] for i in b) for b in grouped[:10]]
+    assert firsts != sorted(firsts, reverse=True)
+    with pytest.raises(ValueError, match="one per row"):
+        BatchOrder(10, 3, seed=1, lengths=[1, 2])
+
+
 def test_train_config_validates() -> None:
     with pytest.raises(ValueError, match="save_every"):
         TrainConfig(save_every=-1)
@@ -264,7 +289,8 @@ def test_cli_train_wires_schemes_learned_exit_and_checkpoints(
         "train", "--task", "sst2", "--data-dir", str(default_glue_dir()), "--backbone", str(backbone),
         "--train-size", "48", "--val-size", "16", "--epochs", "1", "--batch-size", "16", "--max-length", "24",
         "--scheme", "sweet", "--base-loss", "weighted", "--scheme-opt", "weight_by=layer", "--learned-exit",
-        "--learned-exit-loss", "bce", "--save-every", "2", "--out", str(tmp_path / "m"), "--no-progress",
+        "--learned-exit-loss", "bce", "--save-every", "2", "--group-by-length", "--out", str(tmp_path / "m"),
+        "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((tmp_path / "m" / "offramp.json").read_text())
@@ -275,6 +301,7 @@ def test_cli_train_wires_schemes_learned_exit_and_checkpoints(
         "base_options": {"weight_by": "layer"},
     }
     assert config["info"]["train"]["learned_exit"] == {"loss": "bce", "detach": True, "weight": 1.0}
+    assert config["info"]["train"]["config"]["group_by_length"] is True
     assert find_checkpoint(tmp_path / "m.checkpoints").name == "step-00000002"
     first = MultiExitModel.load(tmp_path / "m")
     assert main(argv + ["--resume"]) == 0  # from step 2 of 3: must land on the same weights

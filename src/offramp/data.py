@@ -451,6 +451,8 @@ def _read_delimited(
         else:
             names = list(columns or ())
         rows = [(reader.line_num, fields) for fields in reader if fields and fields != [""]]
+    if not rows:
+        raise DataError(f"file {str(path)!r} has no data rows; expected at least one row after the header")
     return names, rows
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,16 +22,20 @@ class ExitOutputs:
     """Every exit's outputs on a split, in dataset order.
 
     ``logits``: [K, N, C] float32; ``confidence``: [K, N] learned-exit logits or None;
-    ``labels``: [N] or None for unlabelled data; ``exits``: the exit layers.
+    ``labels``: [N] or None for unlabelled data; ``exits``: the exit layers; ``fingerprint``: what
+    the outputs were computed from (see :func:`outputs_fingerprint`), so a cache can tell it is stale.
     """
 
     logits: np.ndarray
     labels: np.ndarray | None
     exits: list[int]
     confidence: np.ndarray | None = None
+    fingerprint: str | None = None
 
     def save(self, path: str) -> None:
         arrays = {"logits": self.logits, "exits": np.asarray(self.exits)}
+        if self.fingerprint is not None:
+            arrays["fingerprint"] = np.asarray(self.fingerprint)
         if self.labels is not None:
             arrays["labels"] = self.labels
         if self.confidence is not None:
@@ -42,7 +50,23 @@ class ExitOutputs:
                 labels=data["labels"] if "labels" in data else None,
                 exits=[int(v) for v in data["exits"]],
                 confidence=data["confidence"] if "confidence" in data else None,
+                fingerprint=str(data["fingerprint"]) if "fingerprint" in data else None,
             )
+
+
+def outputs_fingerprint(model_dir: str | os.PathLike[str], data: TextDataset, max_length: int) -> str:
+    """SHA-256 of the inputs, labels, truncation length and the saved weights' size and mtime.
+
+    Two evaluations with the same fingerprint ran the same weights over the same rows, so cached exit
+    outputs can be reused; anything else (another file with as many rows, retrained weights, a new
+    ``max_length``) changes it.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([data.texts, data.labels, max_length], default=str).encode())
+    for weights in sorted(Path(model_dir).rglob("*.safetensors")):
+        st = weights.stat()
+        h.update(f"{weights.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 @torch.no_grad()

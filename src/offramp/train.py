@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +82,8 @@ class TrainConfig:
     stop_after: int | None = None
     #: Train on the CPU even when a GPU is present.
     cpu: bool = False
+    #: Batch rows of similar length together (HF ``group_by_length``): less padding, faster steps.
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "keep_checkpoints"):
@@ -141,11 +143,28 @@ class BatchOrder:
     Global batches are consecutive slices of a seeded permutation; process r takes global batches
     r, r+W, r+2W, …; the list is padded by wrapping around so every process has the same number of
     batches (as Accelerate's ``even_batches``). Resuming needs only the position within the epoch.
+
+    ``lengths`` (token counts per row) turns on length grouping, as the ``group_by_length`` of HF's
+    Trainer: the permutation is cut into mega-batches of ``MEGA_BATCHES`` batches, each is sorted by
+    length and sliced into batches, and the batches are shuffled. Batches then hold rows of similar
+    length, so dynamic padding wastes less (SST-2 phrases: about 3x fewer padded tokens).
     """
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int, world: int = 1, rank: int = 0):
+    MEGA_BATCHES = 50
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        seed: int,
+        world: int = 1,
+        rank: int = 0,
+        lengths: Sequence[int] | None = None,
+    ):
         if num_rows < 1:
             raise ValueError("no training rows")
+        if lengths is not None and len(lengths) != num_rows:
+            raise ValueError(f"lengths has {len(lengths)} entries, expected one per row ({num_rows})")
         self.num_rows, self.batch_size, self.seed, self.world, self.rank = (
             num_rows,
             batch_size,
@@ -153,12 +172,23 @@ class BatchOrder:
             world,
             rank,
         )
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.num_global = math.ceil(num_rows / batch_size)
         self.per_rank = math.ceil(self.num_global / world)
 
     def batches(self, stage: int, epoch: int) -> list[list[int]]:
-        perm = np.random.default_rng([self.seed, stage, epoch]).permutation(self.num_rows).tolist()
-        glob = [perm[i : i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
+        rng = np.random.default_rng([self.seed, stage, epoch])
+        perm = rng.permutation(self.num_rows)
+        if self.lengths is None:
+            glob = [perm[i : i + self.batch_size].tolist() for i in range(0, self.num_rows, self.batch_size)]
+        else:
+            size = self.batch_size * self.MEGA_BATCHES
+            glob = []
+            for i in range(0, self.num_rows, size):
+                mega = perm[i : i + size]
+                mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
+                glob += [mega[j : j + self.batch_size].tolist() for j in range(0, len(mega), self.batch_size)]
+            glob = [glob[i] for i in rng.permutation(len(glob))]
         while len(glob) < self.per_rank * self.world:
             glob.append(glob[len(glob) % self.num_global])
         return glob[self.rank :: self.world][: self.per_rank]
@@ -272,7 +302,7 @@ def _resolve_scheme(
 
 
 def _signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dict[str, Any]:
-    return {
+    sig = {
         "rows": n_rows,
         "batch_size": cfg.batch_size,
         "grad_accum": cfg.grad_accum,
@@ -282,6 +312,9 @@ def _signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dic
         "lr": cfg.lr,
         "scheme": scheme.config.to_dict(),
     }
+    if cfg.group_by_length:  # only when on, so checkpoints written before the option still resume
+        sig["group_by_length"] = True
+    return sig
 
 
 def train(
@@ -326,7 +359,8 @@ def train(
 
     base_loader = make_loader(train_data, model.tokenizer, cfg.batch_size, cfg.max_length, shuffle=False)
     rows, collate = base_loader.dataset, base_loader.collate_fn
-    order = BatchOrder(len(rows), cfg.batch_size, cfg.seed, world, rank)
+    lengths = [len(r["input_ids"]) for r in rows.features] if cfg.group_by_length else None
+    order = BatchOrder(len(rows), cfg.batch_size, cfg.seed, world, rank, lengths)
     steps_per_epoch = math.ceil(order.per_rank / cfg.grad_accum)
     signature = _signature(cfg, len(rows), world, built)
 
@@ -805,4 +839,3 @@ def _train_cascade(
             shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
     return cascade, log
-

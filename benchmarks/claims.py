@@ -1,0 +1,416 @@
+"""Do the papers' claims hold here? MiniLM-L6 on SST-2, MRPC and RTE, every scheme, every policy.
+
+For each task × run × seed: fine-tune (fixed epochs, no model selection), run every exit once over the
+GLUE dev split, cache the exit logits (``claims/outputs/*.npz``), sweep every policy over its
+threshold grid and read accuracy at 1.5×, 2× and 3× layer-count speed-up (linear interpolation along
+the curve, as the papers' tables) and the curve's mean accuracy over 1–3× (AUC). Runs:
+
+- ``joint`` / ``weighted`` / ``beem-kd`` / ``sweet`` / ``cosee``: exits after all 6 layers;
+- ``single``: the single-exit baseline, a plain fine-tune with one head after layer 6;
+- ``multi-model`` (opt in with ``--runs``): independent models of depth 1..6 (a cascade).
+
+Claims, each judged on the same dev examples of one seed (or the mean over seeds):
+
+1. BEEM (slides): the BEEM policy on the BEEM-KD model is at least as accurate as its final exit at a
+   speed-up > 1 (read at 1.5×).
+2. PCEE-BERT: PCEE beats PABEE's patience at matched speed-up (1.5×, 2×, 3×; weighted-loss model, as
+   in the paper, and the joint model).
+3. SWEET: its early exits are more accurate than joint training's (exits 1–3; and the maxprob curve at
+   2× and 3×).
+4. COSEE: its curve lies above joint training's (normalised-energy threshold, COSEE's signal; AUC
+   over 1–3× and each target).
+
+A difference smaller than the noise of the dev split (1.96·√2·SE of an accuracy, SE = √(p(1−p)/n))
+is reported as "within noise". Accuracy everywhere (MRPC too), so the tasks read alike.
+
+Resumable: each finished run writes ``claims/runs/<task>-<run>-s<seed>.json`` and is skipped when it
+exists; the table (``claims.md``, ``claims.json``, ``claims_<task>.png``) is rebuilt from whatever
+runs exist. Run (about 1.5 h on 2 CPU cores for one seed)::
+
+    .venv/bin/python benchmarks/claims.py
+    .venv/bin/python benchmarks/claims.py --tasks sst2 --seeds 42 43 44   # more seeds
+    .venv/bin/python benchmarks/claims.py --summary-only                  # table from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+#: task -> training setting. SST-2: an 8,000-example subset drawn with the seed; MRPC, RTE: full train.
+TASKS: dict[str, dict[str, Any]] = {
+    "sst2": {"train_size": 8000, "epochs": 2.0, "max_length": 64},
+    "mrpc": {"train_size": None, "epochs": 3.0, "max_length": 128},
+    "rte": {"train_size": None, "epochs": 3.0, "max_length": 128},
+}
+
+#: run name -> build_and_train keyword arguments
+RUNS: dict[str, dict[str, Any]] = {
+    "single": {"scheme": "joint", "exits": [6]},
+    "joint": {"scheme": "joint"},
+    "weighted": {"scheme": "weighted"},
+    "beem-kd": {"scheme": "beem-kd"},
+    "sweet": {"scheme": "sweet"},
+    # COSEE's QNLI setting (App. A); its SST-2 setting (β0=10) starves the middle exits in short
+    # runs (benchmarks/results/train_schemes.md), and the paper grid-searches both per task.
+    "cosee": {"scheme": "cosee", "scheme_options": {"beta0": 1.0, "alpha": 0.01}},
+    "multi-model": {"scheme": "multi-model"},
+}
+DEFAULT_RUNS = [n for n in RUNS if n != "multi-model"]
+POLICIES = ["budget", "maxprob", "entropy", "norm_energy", "patience", "pcee", "beem"]
+TARGETS = (1.5, 2.0, 3.0)
+
+
+def run_path(out: Path, task: str, run: str, seed: int) -> Path:
+    return out / "claims" / "runs" / f"{task}-{run}-s{seed}.json"
+
+
+def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train one model, cache its dev exit outputs, evaluate every policy; the run's JSON record."""
+    from offramp.cascade import CascadeModel
+    from offramp.data import load_glue, subsample
+    from offramp.evaluate import collect_exit_outputs
+    from offramp.report import evaluate_policies
+    from offramp.train import build_and_train
+
+    setting = TASKS[task]
+    train = load_glue(task, args.glue_dir, "train")
+    if setting["train_size"]:
+        train = subsample(train, setting["train_size"], seed=seed)
+    dev = load_glue(task, args.glue_dir, "dev")
+    start = time.perf_counter()
+    model, log = build_and_train(
+        train,
+        None,
+        None,
+        backbone="minilm-l6",
+        epochs=args.epochs or setting["epochs"],
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=setting["max_length"],
+        seed=seed,
+        group_by_length=True,
+        progress=not args.no_progress,
+        **RUNS[run],
+    )
+    train_seconds = time.perf_counter() - start
+    outputs = collect_exit_outputs(model, dev, batch_size=128, max_length=setting["max_length"])
+    npz = out / "claims" / "outputs" / f"{task}-{run}-s{seed}.npz"
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npz.with_name(f".{npz.stem}.tmp-{os.getpid()}.npz")
+    outputs.save(str(tmp))
+    os.replace(tmp, npz)
+    multi = isinstance(model, CascadeModel)
+    result = evaluate_policies(
+        outputs, None, False, POLICIES, grid_size=200, targets=TARGETS, multi_model=multi
+    )
+    return {
+        "task": task,
+        "run": run,
+        "seed": seed,
+        "spec": RUNS[run],
+        "train_size": len(train),
+        "dev_size": len(dev),
+        "epochs": args.epochs or setting["epochs"],
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_length": setting["max_length"],
+        "group_by_length": True,
+        "multi_model": multi,
+        "exits": result["exits"],
+        "per_exit": [r["score"] for r in result["per_exit"]],
+        "final": result["final_score"],
+        "policies": {
+            name: {
+                "at": pol["at_speedup"],
+                "auc": pol["auc"],
+                "speedup": pol["curve"]["speedup"],
+                "score": pol["curve"]["score"],
+            }
+            for name, pol in result["policies"].items()
+        },
+        "train_seconds": train_seconds,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+# Summary: tables, verdicts, plots
+# -------------------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if len(vals) == len(values) and vals else None
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of one task × run: per-exit accuracy, each policy's accuracy at each target, AUC."""
+    first = records[0]
+    out: dict[str, Any] = {
+        "seeds": sorted(r["seed"] for r in records),
+        "exits": first["exits"],
+        "per_exit": [float(np.mean([r["per_exit"][k] for r in records])) for k in range(len(first["exits"]))],
+        "final": float(np.mean([r["final"] for r in records])),
+        "train_seconds": float(np.mean([r["train_seconds"] for r in records])),
+        "policies": {},
+    }
+    for name in first["policies"]:
+        pols = [r["policies"][name] for r in records]
+        out["policies"][name] = {
+            "at": {t: _mean([p["at"].get(t) for p in pols]) for t in first["policies"][name]["at"]},
+            "auc": _mean([p["auc"] for p in pols]),
+        }
+    return out
+
+
+def noise(p: float, n: int) -> float:
+    """1.96·√2·SE: the smallest accuracy difference between two models on n examples worth a word."""
+    return 1.96 * math.sqrt(2 * p * (1 - p) / n)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _compare(a: float | None, b: float | None, tol: float, strict: bool = True) -> str:
+    """'holds' / 'does not hold' / 'holds (within noise)' ... for the claim a > b (or a ≥ b)."""
+    if a is None or b is None:
+        return "n/a (curve does not reach this speed-up)"
+    diff = a - b
+    ok = diff > 0 if strict else diff >= 0
+    word = "holds" if ok else "does not hold"
+    if abs(diff) < tol:
+        word += " (within noise)"
+    return f"{word}: {a:.3f} vs {b:.3f} (Δ {diff:+.3f})"
+
+
+def verdicts(task: str, agg: dict[str, dict[str, Any]], n_dev: int) -> list[dict[str, Any]]:
+    """One entry per claim and comparison point for one task (only claims whose runs exist)."""
+    out: list[dict[str, Any]] = []
+
+    def add(claim: str, point: str, a: float | None, b: float | None, strict: bool = True) -> None:
+        p = b if b is not None else 0.5
+        text = _compare(a, b, noise(p, n_dev), strict)
+        out.append({"task": task, "claim": claim, "point": point, "a": a, "b": b, "verdict": text})
+
+    if "beem-kd" in agg:
+        r = agg["beem-kd"]
+        for t in ("1.5", "2"):
+            add(
+                "BEEM ≥ final exit",
+                f"beem-kd model, BEEM at {t}× vs its final exit",
+                r["policies"]["beem"]["at"][t],
+                r["final"],
+                strict=False,
+            )
+    for model in ("weighted", "joint"):
+        if model in agg:
+            pol = agg[model]["policies"]
+            for t in ("1.5", "2", "3"):
+                add("PCEE > PABEE", f"{model} model at {t}×", pol["pcee"]["at"][t], pol["patience"]["at"][t])
+    if "sweet" in agg and "joint" in agg:
+        s, j = agg["sweet"], agg["joint"]
+        add(
+            "SWEET early exits > joint",
+            "mean of exits 1–3",
+            float(np.mean(s["per_exit"][:3])),
+            float(np.mean(j["per_exit"][:3])),
+        )
+        for k in range(3):
+            add("SWEET early exits > joint", f"exit {k + 1}", s["per_exit"][k], j["per_exit"][k])
+        for t in ("2", "3"):
+            add(
+                "SWEET early exits > joint",
+                f"maxprob at {t}×",
+                s["policies"]["maxprob"]["at"][t],
+                j["policies"]["maxprob"]["at"][t],
+            )
+    if "cosee" in agg and "joint" in agg:
+        c, j = agg["cosee"]["policies"]["norm_energy"], agg["joint"]["policies"]["norm_energy"]
+        add("COSEE curve > joint", "norm-energy AUC 1–3×", c["auc"], j["auc"])
+        for t in ("1.5", "2", "3"):
+            add("COSEE curve > joint", f"norm-energy at {t}×", c["at"][t], j["at"][t])
+    return out
+
+
+def plot_task(task: str, records: dict[str, dict[str, Any]], path: Path) -> None:
+    """Maxprob curve of each scheme (first seed), the single-exit baseline as a dashed line."""
+    from offramp.report import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (run, rec) in enumerate(sorted(records.items())):
+        if run == "single":
+            for ax in axes:
+                ax.axhline(
+                    rec["final"], color="black", linestyle="--", linewidth=1, label="single-exit baseline"
+                )
+            continue
+        color = plt.cm.tab10(i % 10)
+        pol = rec["policies"]["maxprob"]
+        x = np.array([np.nan if v is None else v for v in pol["speedup"]], dtype=float)
+        y = np.array([np.nan if v is None else v for v in pol["score"]], dtype=float)
+        o = np.argsort(x)
+        axes[0].plot(x[o], y[o], linewidth=1.2, color=color, label=run)
+        axes[1].plot(rec["exits"], rec["per_exit"], marker="o", linewidth=1.2, color=color, label=run)
+    axes[0].set_xlim(1, 4)
+    axes[0].set_xlabel("layer-count speed-up")
+    axes[0].set_ylabel("dev accuracy")
+    axes[0].set_title(f"{task}: max-prob threshold, per scheme")
+    axes[1].set_xlabel("exit layer")
+    axes[1].set_title(f"{task}: accuracy of each exit")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    files = sorted((out / "claims" / "runs").glob("*.json"))
+    records = [json.loads(p.read_text()) for p in files]
+    summary: dict[str, Any] = {"tasks": {}, "verdicts": []}
+    for task in TASKS:
+        recs = [r for r in records if r["task"] == task]
+        if not recs:
+            continue
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for r in recs:
+            by_run.setdefault(r["run"], []).append(r)
+        agg = {run: aggregate(by_run[run]) for run in RUNS if run in by_run}
+        n_dev = recs[0]["dev_size"]
+        summary["tasks"][task] = {
+            "setting": {k: recs[0][k] for k in ("train_size", "epochs", "batch_size", "lr", "max_length")},
+            "dev_size": n_dev,
+            "runs": agg,
+        }
+        summary["verdicts"] += verdicts(task, agg, n_dev)
+        first = {run: min(rs, key=lambda r: r["seed"]) for run, rs in by_run.items()}
+        plot_task(task, first, out / f"claims_{task}.png")
+    (out / "claims.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "claims.md").write_text(markdown(summary))
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "# The papers' claims, tested on MiniLM-L6 (SST-2, MRPC, RTE)",
+        "",
+        "Generated by `benchmarks/claims.py` (see its docstring for the setting and the claims). Accuracy "
+        "on the GLUE dev split; speed-up = layer-count (L·N / Σ exit layers), accuracy read off each "
+        "policy's threshold sweep by linear interpolation; AUC = mean accuracy over 1–3×. "
+        "'–': the curve does not reach that speed-up.",
+        "",
+    ]
+    for task, t in summary["tasks"].items():
+        s = t["setting"]
+        size = f"{s['train_size']} train examples"
+        lines += [
+            f"## {task}",
+            "",
+            f"{size}, {s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']}, max length "
+            f"{s['max_length']}, length-grouped batches; dev {t['dev_size']} examples. "
+            f"Noise floor for a difference of two accuracies near 0.8: ±{noise(0.8, t['dev_size']):.3f}.",
+            "",
+            "Per-exit accuracy:",
+            "",
+        ]
+        runs = t["runs"]
+        lines.append("| run | seeds | " + " | ".join(f"exit {i}" for i in range(1, 7)) + " | train s |")
+        lines.append("|---|---|" + "---|" * 7)
+        for run, a in runs.items():
+            cells = {layer: v for layer, v in zip(a["exits"], a["per_exit"], strict=True)}
+            row = " | ".join(_fmt(cells.get(layer)) for layer in range(1, 7))
+            lines.append(f"| {run} | {len(a['seeds'])} | {row} | {a['train_seconds']:.0f} |")
+        lines += ["", "Accuracy at 1.5× / 2× / 3× speed-up and AUC (1–3×), per scheme × policy:", ""]
+        multi_exit = [r for r in runs if r != "single"]
+        pols = list(next(iter(runs[r] for r in multi_exit))["policies"]) if multi_exit else []
+        lines.append("| policy | " + " | ".join(multi_exit) + " |")
+        lines.append("|---|" + "---|" * len(multi_exit))
+        for pol in pols:
+            cells = []
+            for run in multi_exit:
+                p = runs[run]["policies"][pol]
+                cells.append(" / ".join(_fmt(p["at"][k]) for k in ("1.5", "2", "3")) + f" · {_fmt(p['auc'])}")
+            lines.append(f"| {pol} | " + " | ".join(cells) + " |")
+        finals = " | ".join(_fmt(runs[r]["final"]) for r in multi_exit)
+        lines.append(f"| *final exit (1×)* | {finals} |")
+        if "single" in runs:
+            lines += [
+                "",
+                f"Single-exit baseline (one head after layer 6): **{runs['single']['final']:.3f}**.",
+            ]
+        lines += ["", f"![{task}](claims_{task}.png)", ""]
+    lines += ["## Verdicts", "", "| task | claim | comparison | verdict |", "|---|---|---|---|"]
+    for v in summary["verdicts"]:
+        lines.append(f"| {v['task']} | {v['claim']} | {v['point']} | {v['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    p.add_argument(
+        "--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS), help="default: all but multi-model"
+    )
+    p.add_argument("--seeds", nargs="*", type=int, default=[42])
+    p.add_argument("--epochs", type=float, default=None, help="override every task's epochs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--glue-dir", default=str(ROOT.parent.parent / "shared" / "data" / "glue"))
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--summary-only", action="store_true", help="rebuild the table from finished runs")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    out = Path(args.out)
+    (out / "claims" / "runs").mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        for seed in args.seeds:
+            for task in args.tasks:
+                for run in args.runs:
+                    path = run_path(out, task, run, seed)
+                    if path.exists():
+                        print(f"skip {path.name} (done)", file=sys.stderr)
+                        continue
+                    print(f"== {task} {run} seed {seed}", file=sys.stderr)
+                    rec = train_and_score(task, run, seed, args, out)
+                    rec["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+                    rec["machine"] = (
+                        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+                    )
+                    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                    tmp.write_text(json.dumps(rec) + "\n")
+                    os.replace(tmp, path)
+                    accs = " ".join(f"{a:.3f}" for a in rec["per_exit"])
+                    print(f"   per-exit dev accuracy {accs} ({rec['train_seconds']:.0f} s)", file=sys.stderr)
+                    summarise(out)
+    summary = summarise(out)
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

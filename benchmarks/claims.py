@@ -20,8 +20,11 @@ Claims, each judged on the same dev examples of one seed (or the mean over seeds
 4. COSEE: its curve lies above joint training's (normalised-energy threshold, COSEE's signal; AUC
    over 1–3× and each target).
 
-A difference smaller than the noise of the dev split (1.96·√2·SE of an accuracy, SE = √(p(1−p)/n))
-is reported as "within noise". Accuracy everywhere (MRPC too), so the tasks read alike.
+Each verdict carries a 95% interval of the difference from a paired bootstrap over the dev examples
+(1,000 resamples, the same resampled examples for both sides): a claim "holds" when the difference
+has the claimed sign, and is "not significant" when the interval still covers 0. The interval is
+dev-sample noise only; seed-to-seed noise needs more seeds (``--seeds``), which are averaged.
+Accuracy everywhere (MRPC too), so the tasks read alike.
 
 Resumable: each finished run writes ``claims/runs/<task>-<run>-s<seed>.json`` and is skipped when it
 exists; the table (``claims.md``, ``claims.json``, ``claims_<task>.png``) is rebuilt from whatever
@@ -74,6 +77,7 @@ RUNS: dict[str, dict[str, Any]] = {
 DEFAULT_RUNS = [n for n in RUNS if n != "multi-model"]
 POLICIES = ["budget", "maxprob", "entropy", "norm_energy", "patience", "pcee", "beem"]
 TARGETS = (1.5, 2.0, 3.0)
+BOOTSTRAP = 1000  # paired resamples of the dev examples behind each verdict
 
 
 def run_path(out: Path, task: str, run: str, seed: int) -> Path:
@@ -85,7 +89,6 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
     from offramp.cascade import CascadeModel
     from offramp.data import load_glue, subsample
     from offramp.evaluate import collect_exit_outputs
-    from offramp.report import evaluate_policies
     from offramp.train import build_and_train
 
     setting = TASKS[task]
@@ -115,10 +118,6 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
     tmp = npz.with_name(f".{npz.stem}.tmp-{os.getpid()}.npz")
     outputs.save(str(tmp))
     os.replace(tmp, npz)
-    multi = isinstance(model, CascadeModel)
-    result = evaluate_policies(
-        outputs, None, False, POLICIES, grid_size=200, targets=TARGETS, multi_model=multi
-    )
     return {
         "task": task,
         "run": run,
@@ -131,7 +130,21 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
         "lr": args.lr,
         "max_length": setting["max_length"],
         "group_by_length": True,
-        "multi_model": multi,
+        **score_outputs(outputs, isinstance(model, CascadeModel)),
+        "train_seconds": train_seconds,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def score_outputs(outputs: Any, multi_model: bool) -> dict[str, Any]:
+    """Per-exit accuracy and every policy's curve, accuracy at the targets and AUC (grid of 200)."""
+    from offramp.report import evaluate_policies
+
+    result = evaluate_policies(
+        outputs, None, False, POLICIES, grid_size=200, targets=TARGETS, multi_model=multi_model
+    )
+    return {
+        "multi_model": multi_model,
         "exits": result["exits"],
         "per_exit": [r["score"] for r in result["per_exit"]],
         "final": result["final_score"],
@@ -144,8 +157,6 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
             }
             for name, pol in result["policies"].items()
         },
-        "train_seconds": train_seconds,
-        "threads": torch.get_num_threads(),
     }
 
 
@@ -179,73 +190,153 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def noise(p: float, n: int) -> float:
-    """1.96·√2·SE: the smallest accuracy difference between two models on n examples worth a word."""
-    return 1.96 * math.sqrt(2 * p * (1 - p) / n)
-
-
 def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
+    return "–" if v is None or not math.isfinite(v) else f"{v:.3f}"
 
 
-def _compare(a: float | None, b: float | None, tol: float, strict: bool = True) -> str:
-    """'holds' / 'does not hold' / 'holds (within noise)' ... for the claim a > b (or a ≥ b)."""
-    if a is None or b is None:
-        return "n/a (curve does not reach this speed-up)"
-    diff = a - b
-    ok = diff > 0 if strict else diff >= 0
-    word = "holds" if ok else "does not hold"
-    if abs(diff) < tol:
-        word += " (within noise)"
-    return f"{word}: {a:.3f} vs {b:.3f} (Δ {diff:+.3f})"
+class Evidence:
+    """Per-example results of one task's finished runs, for statistics under resampled dev examples.
+
+    A statistic is evaluated under example weights [B, N] (:func:`offramp.analysis.bootstrap_weights`;
+    a row of ones gives the plain value) and averaged over the seeds of a run. Policy curves come from
+    the same sweep (grid of 200) as the tables, so plain values equal the tables' numbers.
+    """
+
+    def __init__(self, out: Path, task: str, runs: dict[str, list[dict[str, Any]]]):
+        from offramp.evaluate import ExitOutputs
+
+        self.outputs = {
+            run: [
+                ExitOutputs.load(str(out / "claims" / "outputs" / f"{task}-{run}-s{r['seed']}.npz"))
+                for r in recs
+            ]
+            for run, recs in runs.items()
+        }
+        self.multi = {run: bool(recs[0].get("multi_model")) for run, recs in runs.items()}
+        self._curves: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, int]]] = {}
+
+    def curves(self, run: str, policy: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Per seed: layers [T, N], correctness [T, N] and L of every setting of ``policy``'s sweep."""
+        from offramp.calibrate import sweep
+        from offramp.metrics import layers_per_input
+        from offramp.policies import get_policy
+
+        key = (run, policy)
+        if key not in self._curves:
+            found = []
+            for o in self.outputs[run]:
+                res = sweep(
+                    get_policy(policy),
+                    o.logits,
+                    o.labels,
+                    o.exits,
+                    None,
+                    o.confidence,
+                    None,
+                    self.multi[run],
+                    200,
+                )
+                layers = layers_per_input(np.asarray(res["exit_slot"]), o.exits, self.multi[run])
+                found.append((layers, np.asarray(res["prediction"]) == o.labels[None, :], o.exits[-1]))
+            self._curves[key] = found
+        return self._curves[key]
+
+    def exit_accuracy(self, run: str, k: int | slice, w: np.ndarray) -> np.ndarray:
+        """[B] accuracy of exit k (or the mean over a slice of exits) under weights w, seed mean."""
+        vals = []
+        for o in self.outputs[run]:
+            right = (o.logits.argmax(-1) == o.labels[None, :]).astype(np.float64)[k]
+            acc = (w @ np.atleast_2d(right).T) / w.sum(1, keepdims=True)
+            vals.append(acc.mean(1))
+        return np.mean(vals, axis=0)
+
+    def at_speedup(self, run: str, policy: str, target: float, w: np.ndarray) -> np.ndarray:
+        """[B] accuracy at a speed-up, interpolated along the resampled curve (NaN: not reached)."""
+        from offramp.analysis import interpolate_at, resampled_curve
+
+        vals = []
+        for layers, right, total in self.curves(run, policy):
+            speed, acc = resampled_curve(layers, right, total, w)
+            vals.append([interpolate_at(speed[b], acc[b], [target])[0] for b in range(len(w))])
+        return np.mean(vals, axis=0)
+
+    def auc(self, run: str, policy: str, lo: float, hi: float, w: np.ndarray) -> np.ndarray:
+        """[B] mean accuracy over speed-ups [lo, hi] of the resampled curve (NaN: range not spanned)."""
+        from offramp.analysis import curve_auc, resampled_curve
+
+        vals = []
+        for layers, right, total in self.curves(run, policy):
+            speed, acc = resampled_curve(layers, right, total, w)
+            vals.append([curve_auc(speed[b], acc[b], lo, hi) for b in range(len(w))])
+        return np.mean(vals, axis=0)
 
 
-def verdicts(task: str, agg: dict[str, dict[str, Any]], n_dev: int) -> list[dict[str, Any]]:
+def judge(a: np.ndarray, b: np.ndarray, strict: bool) -> dict[str, Any]:
+    """Claim ``a > b`` (``a ≥ b`` when not strict) from plain values (index 0) and resamples (1:)."""
+    if not (math.isfinite(a[0]) and math.isfinite(b[0])):
+        return {"a": None, "b": None, "delta": None, "ci": None, "holds": None, "significant": None,
+                "verdict": "n/a (the curve does not reach this speed-up)"}  # fmt: skip
+    delta = float(a[0] - b[0])
+    boot = (a[1:] - b[1:])[np.isfinite(a[1:] - b[1:])]
+    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5])) if boot.size else (math.nan, math.nan)
+    holds = delta > 0 if strict else delta >= 0
+    significant = lo > 0 if holds else hi < 0
+    if holds:
+        word = "holds" if significant or not strict else "holds, not significant"
+    else:
+        word = "does not hold" if significant else "does not hold, not significant"
+    text = f"{word}: {a[0]:.3f} vs {b[0]:.3f} (Δ {delta:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
+    return {"a": float(a[0]), "b": float(b[0]), "delta": delta, "ci": [lo, hi], "holds": holds,
+            "significant": significant, "verdict": text}  # fmt: skip
+
+
+def verdicts(task: str, ev: Evidence, n_dev: int, samples: int = BOOTSTRAP) -> list[dict[str, Any]]:
     """One entry per claim and comparison point for one task (only claims whose runs exist)."""
+    from offramp.analysis import bootstrap_weights
+
+    w = np.vstack([np.ones((1, n_dev)), bootstrap_weights(n_dev, samples, seed=0)])
     out: list[dict[str, Any]] = []
+    have = set(ev.outputs)
 
-    def add(claim: str, point: str, a: float | None, b: float | None, strict: bool = True) -> None:
-        p = b if b is not None else 0.5
-        text = _compare(a, b, noise(p, n_dev), strict)
-        out.append({"task": task, "claim": claim, "point": point, "a": a, "b": b, "verdict": text})
+    def add(claim: str, point: str, a: np.ndarray, b: np.ndarray, strict: bool = True) -> None:
+        out.append({"task": task, "claim": claim, "point": point, **judge(a, b, strict)})
 
-    if "beem-kd" in agg:
-        r = agg["beem-kd"]
-        for t in ("1.5", "2"):
-            add(
-                "BEEM ≥ final exit",
-                f"beem-kd model, BEEM at {t}× vs its final exit",
-                r["policies"]["beem"]["at"][t],
-                r["final"],
-                strict=False,
-            )
+    if "beem-kd" in have:
+        final = ev.exit_accuracy("beem-kd", -1, w)
+        for t in (1.5, 2.0):
+            point = f"beem-kd model: BEEM at {t:g}× vs its final exit"
+            add("BEEM ≥ final exit", point, ev.at_speedup("beem-kd", "beem", t, w), final, strict=False)
     for model in ("weighted", "joint"):
-        if model in agg:
-            pol = agg[model]["policies"]
-            for t in ("1.5", "2", "3"):
-                add("PCEE > PABEE", f"{model} model at {t}×", pol["pcee"]["at"][t], pol["patience"]["at"][t])
-    if "sweet" in agg and "joint" in agg:
-        s, j = agg["sweet"], agg["joint"]
+        if model in have:
+            for t in (1.5, 2.0):
+                pcee, pabee = (ev.at_speedup(model, p, t, w) for p in ("pcee", "patience"))
+                add("PCEE > PABEE", f"{model} model at {t:g}×", pcee, pabee)
+            pcee, pabee = (ev.auc(model, p, 1.0, 2.0, w) for p in ("pcee", "patience"))
+            add("PCEE > PABEE", f"{model} model, mean over 1–2×", pcee, pabee)
+    if {"sweet", "joint"} <= have:
+        claim = "SWEET early exits > joint"
         add(
-            "SWEET early exits > joint",
+            claim,
             "mean of exits 1–3",
-            float(np.mean(s["per_exit"][:3])),
-            float(np.mean(j["per_exit"][:3])),
+            ev.exit_accuracy("sweet", slice(0, 3), w),
+            ev.exit_accuracy("joint", slice(0, 3), w),
         )
         for k in range(3):
-            add("SWEET early exits > joint", f"exit {k + 1}", s["per_exit"][k], j["per_exit"][k])
-        for t in ("2", "3"):
-            add(
-                "SWEET early exits > joint",
-                f"maxprob at {t}×",
-                s["policies"]["maxprob"]["at"][t],
-                j["policies"]["maxprob"]["at"][t],
-            )
-    if "cosee" in agg and "joint" in agg:
-        c, j = agg["cosee"]["policies"]["norm_energy"], agg["joint"]["policies"]["norm_energy"]
-        add("COSEE curve > joint", "norm-energy AUC 1–3×", c["auc"], j["auc"])
-        for t in ("1.5", "2", "3"):
-            add("COSEE curve > joint", f"norm-energy at {t}×", c["at"][t], j["at"][t])
+            add(claim, f"exit {k + 1}", ev.exit_accuracy("sweet", k, w), ev.exit_accuracy("joint", k, w))
+        for t in (2.0, 3.0):
+            sweet, joint = (ev.at_speedup(r, "maxprob", t, w) for r in ("sweet", "joint"))
+            add(claim, f"maxprob at {t:g}×", sweet, joint)
+    if {"cosee", "joint"} <= have:
+        claim = "COSEE curve > joint"
+        add(
+            claim,
+            "norm-energy, mean over 1–3×",
+            ev.auc("cosee", "norm_energy", 1.0, 3.0, w),
+            ev.auc("joint", "norm_energy", 1.0, 3.0, w),
+        )
+        for t in TARGETS:
+            cosee, joint = (ev.at_speedup(r, "norm_energy", t, w) for r in ("cosee", "joint"))
+            add(claim, f"norm-energy at {t:g}×", cosee, joint)
     return out
 
 
@@ -286,7 +377,16 @@ def plot_task(task: str, records: dict[str, dict[str, Any]], path: Path) -> None
 def summarise(out: Path) -> dict[str, Any]:
     files = sorted((out / "claims" / "runs").glob("*.json"))
     records = [json.loads(p.read_text()) for p in files]
-    summary: dict[str, Any] = {"tasks": {}, "verdicts": []}
+    finished = sorted(r["finished"] for r in records if r.get("finished"))
+    summary: dict[str, Any] = {
+        "provenance": {
+            "command": "python benchmarks/claims.py",
+            "finished": [finished[0], finished[-1]] if finished else None,
+            "machines": sorted({r["machine"] for r in records if r.get("machine")}),
+        },
+        "tasks": {},
+        "verdicts": [],
+    }
     for task in TASKS:
         recs = [r for r in records if r["task"] == task]
         if not recs:
@@ -301,7 +401,7 @@ def summarise(out: Path) -> dict[str, Any]:
             "dev_size": n_dev,
             "runs": agg,
         }
-        summary["verdicts"] += verdicts(task, agg, n_dev)
+        summary["verdicts"] += verdicts(task, Evidence(out, task, by_run), n_dev)
         first = {run: min(rs, key=lambda r: r["seed"]) for run, rs in by_run.items()}
         plot_task(task, first, out / f"claims_{task}.png")
     (out / "claims.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -319,6 +419,13 @@ def markdown(summary: dict[str, Any]) -> str:
         "'–': the curve does not reach that speed-up.",
         "",
     ]
+    prov = summary.get("provenance") or {}
+    if prov.get("finished"):
+        lines += [
+            f"Command: `{prov['command']}`; runs finished {prov['finished'][0]} – {prov['finished'][1]} on "
+            f"{'; '.join(prov['machines'])}.",
+            "",
+        ]
     for task, t in summary["tasks"].items():
         s = t["setting"]
         size = f"{s['train_size']} train examples"
@@ -326,8 +433,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"## {task}",
             "",
             f"{size}, {s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']}, max length "
-            f"{s['max_length']}, length-grouped batches; dev {t['dev_size']} examples. "
-            f"Noise floor for a difference of two accuracies near 0.8: ±{noise(0.8, t['dev_size']):.3f}.",
+            f"{s['max_length']}, length-grouped batches; dev {t['dev_size']} examples.",
             "",
             "Per-exit accuracy:",
             "",
@@ -358,7 +464,15 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"Single-exit baseline (one head after layer 6): **{runs['single']['final']:.3f}**.",
             ]
         lines += ["", f"![{task}](claims_{task}.png)", ""]
-    lines += ["## Verdicts", "", "| task | claim | comparison | verdict |", "|---|---|---|---|"]
+    lines += [
+        "## Verdicts",
+        "",
+        "Δ = claimed-better side minus the other; 95% CI from a paired bootstrap over dev examples "
+        "(dev-sample noise only, not seed noise).",
+        "",
+        "| task | claim | comparison | verdict |",
+        "|---|---|---|---|",
+    ]
     for v in summary["verdicts"]:
         lines.append(f"| {v['task']} | {v['claim']} | {v['point']} | {v['verdict']} |")
     return "\n".join(lines) + "\n"

@@ -212,6 +212,20 @@ def test_multi_model_trains_truncated_members_and_round_trips(
             assert torch.equal(out.logits[k], member(**batch).logits[0])
     scores = per_exit_scores(loaded, VAL, batch_size=8, max_length=24)  # cached evaluation sees K exits
     assert [s["layer"] for s in scores] == [1, 3]
+    # `offramp evaluate` on the cascade folder: answering at member k costs 1+…+k layers.
+    from offramp.cli import main
+
+    rows = [f"{t[0]}\t{VAL.label_names[y]}" for t, y in zip(VAL.texts, VAL.labels, strict=True)]
+    (tmp_path / "val.tsv").write_text("\n".join(["sentence\tlabel", *rows]) + "\n")
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", str(tmp_path / "mm"), "--data-file", str(tmp_path / "val.tsv"), "--text-columns"]
+    argv += ["sentence", "--json", str(out), "--no-progress", "--policies", "budget", "--grid-size", "4"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["multi_model"] is True and report["examples"] == len(VAL)
+    curve = report["policies"]["budget"]["curve"]
+    # budget(1): every input leaves at member 1 (1 layer of 3); budget(2): member 2 costs 1+3 = 4 layers.
+    assert sorted(round(v, 6) for v in curve["speedup"]) == [0.75, 3.0]
     plain = factory(tokenizer)([2, 3])
     plain.save(tmp_path / "plain")
     assert isinstance(load_any(tmp_path / "plain"), MultiExitModel)

@@ -73,6 +73,34 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     return float(v.mean()), float(half)
 
 
+def bootstrap_weights(n: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """[samples, n] how often each of n examples is drawn in each bootstrap resample (rows sum to n).
+
+    One set of weights applied to several models' per-example results gives a *paired* bootstrap:
+    every model sees the same resampled examples, so the noise they share cancels in differences.
+    """
+    if n < 1 or samples < 1:
+        raise ValueError(f"n={n}, samples={samples}: expected positive counts")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
+
+
+def resampled_curve(
+    layers: np.ndarray, correct: np.ndarray, total_layers: int, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Speed-up and accuracy of every threshold setting under every resample of the examples.
+
+    ``layers`` / ``correct``: [T, N] layers used by and correctness of each example at each of T
+    settings; ``weights``: [B, N] from :func:`bootstrap_weights` (a row of ones gives the curve
+    itself). Returns speed-ups and accuracies, both [B, T], with speed-up = L·N / Σ l(n).
+    """
+    lay = np.asarray(layers, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    n = w.sum(1, keepdims=True)
+    return total_layers * n / (w @ lay.T), (w @ right.T) / n
+
+
 def exit_histogram(exit_slot: np.ndarray, num_exits: int) -> np.ndarray:
     """How many inputs left at each exit (0-based exit index per input)."""
     return np.bincount(np.asarray(exit_slot, dtype=int).ravel(), minlength=num_exits)[:num_exits]

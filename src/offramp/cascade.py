@@ -30,6 +30,7 @@ from .model import (
     MultiExitModel,
     MultiExitOutput,
     atomic_dir,
+    config_from_dict,
     natural_pooling,
     resolve_backbone,
 )
@@ -61,13 +62,7 @@ class CascadeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CascadeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelLoadError(
-                f"unknown fields in {CASCADE_FILE}: {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data, CASCADE_FILE)
 
 
 class CascadeModel(nn.Module):

@@ -85,6 +85,15 @@ def natural_pooling(path: str) -> str:
     return "cls"
 
 
+def config_from_dict(cls: type[Any], data: dict[str, Any], file_name: str) -> Any:
+    """Build the dataclass ``cls`` from a folder's JSON; a field it does not know is a load error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelLoadError(f"unknown fields in {file_name}: {unknown}; expected some of {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass
 class ExitConfig:
     """Everything needed to rebuild a MultiExitModel besides its weights.
@@ -114,13 +123,7 @@ class ExitConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExitConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelLoadError(
-                f"unknown fields in {CONFIG_FILE}: {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data, CONFIG_FILE)
 
 
 def parse_exits(spec: str | list[int] | None, num_layers: int) -> list[int]:

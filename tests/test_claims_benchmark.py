@@ -1,0 +1,104 @@
+"""The claims benchmark's bookkeeping: tables, paired-bootstrap verdicts and plots from finished runs.
+
+Synthetic exit outputs stand in for trained models (no training here): each exit is right on a
+chosen share of 400 examples, so the verdicts it must reach are known in advance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offramp.analysis import bootstrap_weights, resampled_curve
+from offramp.evaluate import ExitOutputs
+
+SPEC = importlib.util.spec_from_file_location(
+    "claims", Path(__file__).parents[1] / "benchmarks" / "claims.py"
+)
+assert SPEC is not None and SPEC.loader is not None
+claims = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(claims)
+
+N = 400
+LABELS = np.random.default_rng(0).integers(0, 2, N)
+
+
+def fake_outputs(accuracies: list[float], seed: int) -> ExitOutputs:
+    """Exit k is right on a random accuracies[k] share of the examples, with random confidence."""
+    rng = np.random.default_rng(seed)
+    logits = np.zeros((len(accuracies), N, 2), dtype=np.float32)
+    for k, acc in enumerate(accuracies):
+        right = rng.random(N) < acc
+        pred = np.where(right, LABELS, 1 - LABELS)
+        logits[k, np.arange(N), pred] = rng.uniform(0.05, 4.0, N)
+    exits = [6] if len(accuracies) == 1 else list(range(1, len(accuracies) + 1))
+    return ExitOutputs(logits=logits, labels=LABELS.copy(), exits=exits)
+
+
+def add_run(out: Path, task: str, run: str, seed: int, accuracies: list[float]) -> None:
+    outputs = fake_outputs(accuracies, seed=zlib.crc32(f"{run}-{seed}".encode()))
+    npz = out / "claims" / "outputs" / f"{task}-{run}-s{seed}.npz"
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    outputs.save(str(npz))
+    rec = {"task": task, "run": run, "seed": seed, "dev_size": N, "train_size": 100, "epochs": 1.0,
+           "batch_size": 32, "lr": 1e-4, "max_length": 64, "train_seconds": 1.0,
+           **claims.score_outputs(outputs, False)}  # fmt: skip
+    path = claims.run_path(out, task, run, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+
+
+def test_verdicts_follow_the_numbers(tmp_path: Path) -> None:
+    add_run(tmp_path, "sst2", "single", 42, [0.85])
+    add_run(tmp_path, "sst2", "joint", 42, [0.5, 0.5, 0.6, 0.8, 0.85, 0.85])
+    add_run(tmp_path, "sst2", "sweet", 42, [0.75, 0.75, 0.75, 0.8, 0.8, 0.8])
+    summary = claims.summarise(tmp_path)
+    by = {(v["claim"], v["point"]): v for v in summary["verdicts"]}
+    first = by[("SWEET early exits > joint", "exit 1")]
+    tables = summary["tasks"]["sst2"]["runs"]
+    # plain values are the tables' numbers; a 25-point gap on 400 examples is far outside the noise
+    assert first["a"] == tables["sweet"]["per_exit"][0] and first["b"] == tables["joint"]["per_exit"][0]
+    assert first["holds"] and first["significant"] and first["ci"][0] > 0.1
+    assert first["verdict"].startswith("holds: ")
+    at2 = by[("SWEET early exits > joint", "maxprob at 2×")]
+    assert at2["a"] == pytest.approx(tables["sweet"]["policies"]["maxprob"]["at"]["2"])
+    assert (
+        by[("PCEE > PABEE", "joint model at 1.5×")]["ci"][0]
+        <= by[("PCEE > PABEE", "joint model at 1.5×")]["delta"]
+    )
+    assert not any(v["claim"].startswith(("COSEE", "BEEM")) for v in summary["verdicts"])  # runs missing
+    md = (tmp_path / "claims.md").read_text()
+    assert "Single-exit baseline (one head after layer 6): **" in md and "| maxprob | " in md
+    assert (tmp_path / "claims_sst2.png").stat().st_size > 0
+
+
+def test_equal_models_are_not_significantly_different(tmp_path: Path) -> None:
+    for run in ("joint", "cosee"):
+        add_run(tmp_path, "rte", run, 1, [0.6] * 6)  # same accuracy, independent errors
+    found = [v for v in claims.summarise(tmp_path)["verdicts"] if v["claim"].startswith("COSEE")]
+    assert found and all(v["significant"] is False or v["a"] is None for v in found)
+    assert all("not significant" in v["verdict"] or v["a"] is None for v in found)
+
+
+def test_seeds_are_averaged(tmp_path: Path) -> None:
+    for seed, acc in ((1, 0.6), (2, 0.9)):
+        add_run(tmp_path, "rte", "joint", seed, [acc] * 6)
+    agg = claims.summarise(tmp_path)["tasks"]["rte"]["runs"]["joint"]
+    per_seed = [json.loads(claims.run_path(tmp_path, "rte", "joint", s).read_text())["final"] for s in (1, 2)]
+    assert agg["seeds"] == [1, 2] and agg["final"] == pytest.approx(np.mean(per_seed))
+
+
+def test_resampled_curve_with_unit_weights_is_the_curve() -> None:
+    layers = np.array([[1, 2, 6, 6], [6, 6, 6, 6]])
+    right = np.array([[1, 0, 1, 1], [1, 1, 1, 0]], dtype=bool)
+    speed, acc = resampled_curve(layers, right, 6, np.ones((1, 4)))
+    assert speed.tolist() == [[24 / 15, 1.0]] and acc.tolist() == [[0.75, 0.75]]
+    w = bootstrap_weights(4, samples=500, seed=1)
+    assert w.shape == (500, 4) and (w.sum(1) == 4).all()
+    speed, acc = resampled_curve(layers, right, 6, w)
+    assert speed.shape == (500, 2) and np.allclose(speed[:, 1], 1.0) and 0.6 < acc[:, 1].mean() < 0.9

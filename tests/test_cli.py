@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,4 +113,15 @@ def test_help_lists_commands(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "train" in out and "evaluate" in out
+    for command in ("train", "evaluate", "compare", "gradients", "predict", "calibrate", "bench"):
+        assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), command
+    for command in ("predict", "calibrate", "bench"):  # their own options load with the command
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--policy" in capsys.readouterr().out
+
+
+def test_top_level_help_does_not_import_torch() -> None:
+    code = "import sys; from offramp.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -185,11 +185,11 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     """``offramp bench MODEL_DIR ...``: measured vs layer-count speed-ups, printed and written as JSON."""
-    from .cli import add_data_args
+    from .cli import HEAVY_COMMANDS, add_data_args
 
     p = sub.add_parser(
         "bench",
-        help="measure wall-clock speed-up of early exit against the full model",
+        help=HEAVY_COMMANDS["bench"][2],
         description="Time early exit (the model's calibrated policy, or --policy) against the full model run "
         "through the same code path and against stock transformers inference (AutoModel + last head), on "
         "the same padded batches in one run; report layer-count and measured speed-ups and their ratio.",

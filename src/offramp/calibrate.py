@@ -394,11 +394,11 @@ def save_policy(model_dir: str | os.PathLike[str], policy: dict[str, Any]) -> Pa
 
 def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
     """``offramp calibrate MODEL_DIR ...``: choose and save the model's default exit policy."""
-    from .cli import add_data_args
+    from .cli import HEAVY_COMMANDS, add_data_args
 
     p = sub.add_parser(
         "calibrate",
-        help="choose an exit threshold on a validation split and save it with the model",
+        help=HEAVY_COMMANDS["calibrate"][2],
         description="Run the model once over a validation split (by default the part of train that "
         "`offramp train` held out, read from the model folder; never the GLUE dev split, which is the "
         "evaluation split), simulate the policy over a grid of thresholds, pick one by the chosen goal and "

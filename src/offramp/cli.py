@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -510,7 +511,25 @@ def run_gradients(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose modules import torch: (module, parser builder, one-line help). Their full parsers
+#: are built only when that command runs, so `offramp --help` and the other commands start fast.
+HEAVY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "predict": ("engine", "add_predict_parser", "label texts with early exit (JSONL out)"),
+    "calibrate": (
+        "calibrate",
+        "add_calibrate_parser",
+        "choose an exit threshold on a validation split and save it with the model",
+    ),
+    "bench": (
+        "bench",
+        "add_bench_parser",
+        "measure wall-clock speed-up of early exit against the full model",
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``offramp`` parser; a heavy command's own options are added only when ``command`` names it."""
     parser = argparse.ArgumentParser(
         prog="offramp",
         description="Early-exit transformer classifiers: attach exits to a pre-trained encoder, fine-tune "
@@ -524,19 +543,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_compare_parser(sub)
     add_gradients_parser(sub)
-    # predict / calibrate / bench live in their own modules (they import torch when the parser is built)
-    from .bench import add_bench_parser
-    from .calibrate import add_calibrate_parser
-    from .engine import add_predict_parser
-
-    add_predict_parser(sub)
-    add_calibrate_parser(sub)
-    add_bench_parser(sub)
+    for name, (module, builder, help_text) in HEAVY_COMMANDS.items():
+        if name == command:
+            getattr(importlib.import_module(f".{module}", __package__), builder)(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word not starting with '-'), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

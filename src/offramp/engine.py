@@ -585,9 +585,11 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
 
 def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     """``offramp predict MODEL_DIR [FILE]``: JSONL with label, probabilities and exit layer per input."""
+    from .cli import HEAVY_COMMANDS
+
     p = sub.add_parser(
         "predict",
-        help="label texts with early exit (JSONL out)",
+        help=HEAVY_COMMANDS["predict"][2],
         description="Label texts with early exit. Input: a file with one text per line (or stdin); for pair "
         "tasks (MRPC, RTE, ...) each line is 'sentence1<TAB>sentence2'. Output: one JSON object per "
         "line: label, label_id, probabilities, exit_layer, layers_run (regression: prediction).",

@@ -409,6 +409,36 @@ def summarise(out: Path) -> dict[str, Any]:
     return summary
 
 
+#: The comparison that stands for each claim in the overview (all comparisons are listed below it).
+HEADLINES: dict[str, str] = {
+    "BEEM ≥ final exit": "beem-kd model: BEEM at 1.5× vs its final exit",
+    "PCEE > PABEE": "weighted model, mean over 1–2×",
+    "SWEET early exits > joint": "mean of exits 1–3",
+    "COSEE curve > joint": "norm-energy, mean over 1–3×",
+}
+
+
+def overview(summary: dict[str, Any]) -> list[str]:
+    """Markdown rows: one line per claim, one column per task, the headline comparison's verdict."""
+    tasks = list(summary["tasks"])
+    found = {
+        (v["claim"], v["task"]): v for v in summary["verdicts"] if HEADLINES.get(v["claim"]) == v["point"]
+    }
+    lines = ["| claim | headline comparison | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for claim, point in HEADLINES.items():
+        cells = []
+        for task in tasks:
+            v = found.get((claim, task))
+            if v is None or v["delta"] is None:
+                cells.append("–")
+                continue
+            word = "holds" if v["holds"] else "does not hold"
+            sig = "" if v["significant"] else ", n.s."
+            cells.append(f"{word} (Δ {v['delta']:+.3f}{sig})")
+        lines.append(f"| {claim} | {point} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# The papers' claims, tested on MiniLM-L6 (SST-2, MRPC, RTE)",
@@ -426,6 +456,9 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{'; '.join(prov['machines'])}.",
             "",
         ]
+    if summary["verdicts"]:
+        lines += ["## Overview", "", "n.s.: the 95% paired-bootstrap interval of Δ covers 0.", ""]
+        lines += [*overview(summary), ""]
     for task, t in summary["tasks"].items():
         s = t["setting"]
         size = f"{s['train_size']} train examples"

@@ -74,6 +74,7 @@ def test_verdicts_follow_the_numbers(tmp_path: Path) -> None:
     assert not any(v["claim"].startswith(("COSEE", "BEEM")) for v in summary["verdicts"])  # runs missing
     md = (tmp_path / "claims.md").read_text()
     assert "Single-exit baseline (one head after layer 6): **" in md and "| maxprob | " in md
+    assert "| SWEET early exits > joint | mean of exits 1–3 | holds (Δ +" in md  # the overview row
     assert (tmp_path / "claims_sst2.png").stat().st_size > 0
 
 

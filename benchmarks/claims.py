@@ -340,12 +340,14 @@ def verdicts(task: str, ev: Evidence, n_dev: int, samples: int = BOOTSTRAP) -> l
     return out
 
 
-def plot_task(task: str, records: dict[str, dict[str, Any]], path: Path) -> None:
-    """Maxprob curve of each scheme (first seed), the single-exit baseline as a dashed line."""
+def plot_task(task: str, records: dict[str, dict[str, Any]], majority: float, path: Path) -> None:
+    """Maxprob curve of each scheme (first seed); single-exit baseline dashed, majority class dotted."""
     from offramp.report import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax in axes:
+        ax.axhline(majority, color="grey", linestyle=":", linewidth=1, label="majority class")
     for i, (run, rec) in enumerate(sorted(records.items())):
         if run == "single":
             for ax in axes:
@@ -396,14 +398,18 @@ def summarise(out: Path) -> dict[str, Any]:
             by_run.setdefault(r["run"], []).append(r)
         agg = {run: aggregate(by_run[run]) for run in RUNS if run in by_run}
         n_dev = recs[0]["dev_size"]
+        evidence = Evidence(out, task, by_run)
+        labels = next(iter(evidence.outputs.values()))[0].labels
+        majority = float(np.bincount(labels).max() / len(labels))
         summary["tasks"][task] = {
             "setting": {k: recs[0][k] for k in ("train_size", "epochs", "batch_size", "lr", "max_length")},
             "dev_size": n_dev,
+            "majority_class": majority,
             "runs": agg,
         }
-        summary["verdicts"] += verdicts(task, Evidence(out, task, by_run), n_dev)
+        summary["verdicts"] += verdicts(task, evidence, n_dev)
         first = {run: min(rs, key=lambda r: r["seed"]) for run, rs in by_run.items()}
-        plot_task(task, first, out / f"claims_{task}.png")
+        plot_task(task, first, majority, out / f"claims_{task}.png")
     (out / "claims.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "claims.md").write_text(markdown(summary))
     return summary
@@ -466,7 +472,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f"## {task}",
             "",
             f"{size}, {s['epochs']:g} epochs, batch {s['batch_size']}, lr {s['lr']}, max length "
-            f"{s['max_length']}, length-grouped batches; dev {t['dev_size']} examples.",
+            f"{s['max_length']}, length-grouped batches; dev {t['dev_size']} examples "
+            f"(majority class: {t['majority_class']:.3f}).",
             "",
             "Per-exit accuracy:",
             "",

@@ -284,10 +284,7 @@ def judge(a: np.ndarray, b: np.ndarray, strict: bool) -> dict[str, Any]:
     lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5])) if boot.size else (math.nan, math.nan)
     holds = delta > 0 if strict else delta >= 0
     significant = lo > 0 if holds else hi < 0
-    if holds:
-        word = "holds" if significant or not strict else "holds, not significant"
-    else:
-        word = "does not hold" if significant else "does not hold, not significant"
+    word = ("holds" if holds else "does not hold") + ("" if significant else ", not significant")
     text = f"{word}: {a[0]:.3f} vs {b[0]:.3f} (Δ {delta:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
     return {"a": float(a[0]), "b": float(b[0]), "delta": delta, "ci": [lo, hi], "holds": holds,
             "significant": significant, "verdict": text}  # fmt: skip

@@ -201,7 +201,7 @@ class Evidence:
     """Per-example results of one task's finished runs, for statistics under resampled dev examples.
 
     A statistic is evaluated under example weights [B, N] (:func:`offramp.analysis.bootstrap_weights`;
-    a row of ones gives the plain value) and averaged over the seeds of a run. Policy curves come from
+    a row of ones gives the plain value) for each seed of a run: [seeds, B]. Policy curves come from
     the same sweep (grid of 200) as the tables, so plain values equal the tables' numbers.
     """
 
@@ -245,40 +245,46 @@ class Evidence:
         return self._curves[key]
 
     def exit_accuracy(self, run: str, k: int | slice, w: np.ndarray) -> np.ndarray:
-        """[B] accuracy of exit k (or the mean over a slice of exits) under weights w, seed mean."""
+        """[seeds, B] accuracy of exit k (or the mean over a slice of exits) under weights w."""
         vals = []
         for o in self.outputs[run]:
             right = (o.logits.argmax(-1) == o.labels[None, :]).astype(np.float64)[k]
             acc = (w @ np.atleast_2d(right).T) / w.sum(1, keepdims=True)
             vals.append(acc.mean(1))
-        return np.mean(vals, axis=0)
+        return np.asarray(vals)
 
     def at_speedup(self, run: str, policy: str, target: float, w: np.ndarray) -> np.ndarray:
-        """[B] accuracy at a speed-up, interpolated along the resampled curve (NaN: not reached)."""
+        """[seeds, B] accuracy at a speed-up, interpolated along the resampled curve (NaN: not reached)."""
         from offramp.analysis import interpolate_at, resampled_curve
 
         vals = []
         for layers, right, total in self.curves(run, policy):
             speed, acc = resampled_curve(layers, right, total, w)
             vals.append([interpolate_at(speed[b], acc[b], [target])[0] for b in range(len(w))])
-        return np.mean(vals, axis=0)
+        return np.asarray(vals)
 
     def auc(self, run: str, policy: str, lo: float, hi: float, w: np.ndarray) -> np.ndarray:
-        """[B] mean accuracy over speed-ups [lo, hi] of the resampled curve (NaN: range not spanned)."""
+        """[seeds, B] mean accuracy over speed-ups [lo, hi] of the resampled curve (NaN: not spanned)."""
         from offramp.analysis import curve_auc, resampled_curve
 
         vals = []
         for layers, right, total in self.curves(run, policy):
             speed, acc = resampled_curve(layers, right, total, w)
             vals.append([curve_auc(speed[b], acc[b], lo, hi) for b in range(len(w))])
-        return np.mean(vals, axis=0)
+        return np.asarray(vals)
 
 
-def judge(a: np.ndarray, b: np.ndarray, strict: bool) -> dict[str, Any]:
-    """Claim ``a > b`` (``a ≥ b`` when not strict) from plain values (index 0) and resamples (1:)."""
+def judge(a_seeds: np.ndarray, b_seeds: np.ndarray, strict: bool) -> dict[str, Any]:
+    """Claim ``a > b`` (``a ≥ b`` when not strict) from [seeds, 1 + resamples] statistics.
+
+    Column 0 holds the plain values, the others the bootstrap resamples; the claim is judged on the
+    mean over seeds. With several seeds on both sides, seeds pair up in order (the same seed draws the
+    same training subset) and each seed's own Δ is listed.
+    """
+    a, b = a_seeds.mean(0), b_seeds.mean(0)
     if not (math.isfinite(a[0]) and math.isfinite(b[0])):
-        return {"a": None, "b": None, "delta": None, "ci": None, "holds": None, "significant": None,
-                "verdict": "n/a (the curve does not reach this speed-up)"}  # fmt: skip
+        keys = ("a", "b", "delta", "ci", "holds", "significant", "per_seed_delta")
+        return {**dict.fromkeys(keys), "verdict": "n/a (the curve does not reach this speed-up)"}
     delta = float(a[0] - b[0])
     boot = (a[1:] - b[1:])[np.isfinite(a[1:] - b[1:])]
     lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5])) if boot.size else (math.nan, math.nan)
@@ -286,8 +292,12 @@ def judge(a: np.ndarray, b: np.ndarray, strict: bool) -> dict[str, Any]:
     significant = lo > 0 if holds else hi < 0
     word = ("holds" if holds else "does not hold") + ("" if significant else ", not significant")
     text = f"{word}: {a[0]:.3f} vs {b[0]:.3f} (Δ {delta:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
+    per_seed = None
+    if len(a_seeds) > 1 and len(a_seeds) == len(b_seeds):
+        per_seed = [float(x) for x in a_seeds[:, 0] - b_seeds[:, 0]]
+        text += "; per seed Δ " + ", ".join(f"{d:+.3f}" for d in per_seed)
     return {"a": float(a[0]), "b": float(b[0]), "delta": delta, "ci": [lo, hi], "holds": holds,
-            "significant": significant, "verdict": text}  # fmt: skip
+            "significant": significant, "per_seed_delta": per_seed, "verdict": text}  # fmt: skip
 
 
 def verdicts(task: str, ev: Evidence, n_dev: int, samples: int = BOOTSTRAP) -> list[dict[str, Any]]:

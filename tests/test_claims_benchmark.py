@@ -86,12 +86,25 @@ def test_equal_models_are_not_significantly_different(tmp_path: Path) -> None:
     assert all("not significant" in v["verdict"] or v["a"] is None for v in found)
 
 
-def test_seeds_are_averaged(tmp_path: Path) -> None:
+def test_seeds_are_averaged_and_paired(tmp_path: Path) -> None:
     for seed, acc in ((1, 0.6), (2, 0.9)):
         add_run(tmp_path, "rte", "joint", seed, [acc] * 6)
-    agg = claims.summarise(tmp_path)["tasks"]["rte"]["runs"]["joint"]
+        add_run(tmp_path, "rte", "sweet", seed, [acc + 0.05] * 6)
+    summary = claims.summarise(tmp_path)
+    agg = summary["tasks"]["rte"]["runs"]["joint"]
     per_seed = [json.loads(claims.run_path(tmp_path, "rte", "joint", s).read_text())["final"] for s in (1, 2)]
     assert agg["seeds"] == [1, 2] and agg["final"] == pytest.approx(np.mean(per_seed))
+    exit1 = next(v for v in summary["verdicts"] if v["point"] == "exit 1")
+    sweet1 = [
+        json.loads(claims.run_path(tmp_path, "rte", "sweet", s).read_text())["per_exit"][0] for s in (1, 2)
+    ]
+    joint1 = [
+        json.loads(claims.run_path(tmp_path, "rte", "joint", s).read_text())["per_exit"][0] for s in (1, 2)
+    ]
+    assert exit1["per_seed_delta"] == pytest.approx(np.subtract(sweet1, joint1).tolist())
+    assert (
+        exit1["delta"] == pytest.approx(np.mean(exit1["per_seed_delta"])) and "per seed Δ" in exit1["verdict"]
+    )
 
 
 def test_resampled_curve_with_unit_weights_is_the_curve() -> None:

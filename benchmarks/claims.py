@@ -29,7 +29,10 @@ Accuracy everywhere (MRPC too), so the tasks read alike.
 
 Resumable: each finished run writes ``claims/runs/<task>-<run>-s<seed>.json`` and is skipped when it
 exists; the table (``claims.md``, ``claims.json``, ``claims_<task>.png``) is rebuilt from whatever
-runs exist. Run (about 80 minutes on 2 CPU cores for one seed of every task)::
+runs exist. The cached exit outputs (``claims/outputs/*.npz``) are git-ignored: the verdicts need
+them, so ``--summary-only`` works where the runs were trained.
+
+Run (about 80 minutes on 2 CPU cores for one seed of every task)::
 
     .venv/bin/python benchmarks/claims.py
     .venv/bin/python benchmarks/claims.py --tasks sst2 --seeds 43 44      # more seeds
@@ -94,6 +97,11 @@ def run_path(out: Path, task: str, run: str, seed: int) -> Path:
     return out / "claims" / "runs" / f"{task}-{run}-s{seed}.json"
 
 
+def outputs_path(out: Path, task: str, run: str, seed: int) -> Path:
+    """Cached dev exit outputs of one run (git-ignored: derived data, rebuilt by training the run)."""
+    return out / "claims" / "outputs" / f"{task}-{run}-s{seed}.npz"
+
+
 def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Train one model, cache its dev exit outputs, evaluate every policy; the run's JSON record."""
     from offramp.cascade import CascadeModel
@@ -123,7 +131,7 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
     )
     train_seconds = time.perf_counter() - start
     outputs = collect_exit_outputs(model, dev, batch_size=128, max_length=setting["max_length"])
-    npz = out / "claims" / "outputs" / f"{task}-{run}-s{seed}.npz"
+    npz = outputs_path(out, task, run, seed)
     npz.parent.mkdir(parents=True, exist_ok=True)
     tmp = npz.with_name(f".{npz.stem}.tmp-{os.getpid()}.npz")
     outputs.save(str(tmp))
@@ -216,10 +224,7 @@ class Evidence:
         from offramp.evaluate import ExitOutputs
 
         self.outputs = {
-            run: [
-                ExitOutputs.load(str(out / "claims" / "outputs" / f"{task}-{run}-s{r['seed']}.npz"))
-                for r in recs
-            ]
+            run: [ExitOutputs.load(str(outputs_path(out, task, run, r["seed"]))) for r in recs]
             for run, recs in runs.items()
         }
         self.multi = {run: bool(recs[0].get("multi_model")) for run, recs in runs.items()}
@@ -253,9 +258,11 @@ class Evidence:
 
     def exit_accuracy(self, run: str, k: int | slice, w: np.ndarray) -> np.ndarray:
         """[seeds, B] accuracy of exit k (or the mean over a slice of exits) under weights w."""
+        from offramp.evaluate import exit_predictions
+
         vals = []
         for o in self.outputs[run]:
-            right = (o.logits.argmax(-1) == o.labels[None, :]).astype(np.float64)[k]
+            right = (exit_predictions(o.logits, False) == o.labels[None, :]).astype(np.float64)[k]
             acc = (w @ np.atleast_2d(right).T) / w.sum(1, keepdims=True)
             vals.append(acc.mean(1))
         return np.asarray(vals)
@@ -403,8 +410,20 @@ def plot_task(task: str, records: dict[str, dict[str, Any]], majority: float, pa
 
 
 def summarise(out: Path) -> dict[str, Any]:
+    """Rebuild claims.json / claims.md / plots from the run records and their cached exit outputs.
+
+    Verdicts need every run's outputs; if any is missing nothing is written (the committed tables
+    stay as they are) and the missing files are named.
+    """
     files = sorted((out / "claims" / "runs").glob("*.json"))
     records = [json.loads(p.read_text()) for p in files]
+    missing = [p for r in records if not (p := outputs_path(out, r["task"], r["run"], r["seed"])).is_file()]
+    if missing:
+        names = ", ".join(p.name for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise SystemExit(
+            f"claims: {len(missing)} run(s) lack cached exit outputs ({names}) under {missing[0].parent}; "
+            "they are not committed: train those runs again (delete their run records) to rebuild the tables"
+        )
     finished = sorted(r["finished"] for r in records if r.get("finished"))
     summary: dict[str, Any] = {
         "provenance": {

@@ -42,7 +42,7 @@ def fake_outputs(accuracies: list[float], seed: int) -> ExitOutputs:
 
 def add_run(out: Path, task: str, run: str, seed: int, accuracies: list[float]) -> None:
     outputs = fake_outputs(accuracies, seed=zlib.crc32(f"{run}-{seed}".encode()))
-    npz = out / "claims" / "outputs" / f"{task}-{run}-s{seed}.npz"
+    npz = claims.outputs_path(out, task, run, seed)
     npz.parent.mkdir(parents=True, exist_ok=True)
     outputs.save(str(npz))
     rec = {"task": task, "run": run, "seed": seed, "dev_size": N, "train_size": 100, "epochs": 1.0,
@@ -116,3 +116,11 @@ def test_resampled_curve_with_unit_weights_is_the_curve() -> None:
     assert w.shape == (500, 4) and (w.sum(1) == 4).all()
     speed, acc = resampled_curve(layers, right, 6, w)
     assert speed.shape == (500, 2) and np.allclose(speed[:, 1], 1.0) and 0.6 < acc[:, 1].mean() < 0.9
+
+
+def test_missing_outputs_stop_the_summary_before_writing(tmp_path: Path) -> None:
+    add_run(tmp_path, "mrpc", "joint", 1, [0.7] * 6)
+    claims.outputs_path(tmp_path, "mrpc", "joint", 1).unlink()
+    with pytest.raises(SystemExit, match="mrpc-joint-s1.npz"):
+        claims.summarise(tmp_path)
+    assert not (tmp_path / "claims.md").exists()

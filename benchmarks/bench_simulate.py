@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from offramp.engine import simulate
+from offramp.simulate import simulate
 from offramp.policies import get_policy, list_policies
 
 K, N, C, T = 6, 10_000, 2, 100

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from offramp.calibrate import calibrate, exit_accuracies, fit_temperatures, sweep
-from offramp.engine import simulate
+from offramp.simulate import simulate
 from offramp.evaluate import ExitOutputs
 from offramp.metrics import (
     cost_fraction,

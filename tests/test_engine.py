@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from offramp.data import default_glue_dir
-from offramp.engine import EarlyExitEngine, simulate
+from offramp.engine import EarlyExitEngine
+from offramp.simulate import simulate
 from offramp.policies import PolicyError, get_policy
 
 GLUE_DIR = default_glue_dir()  # ../shared/data/glue beside the repository

@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from offramp import losses
 from offramp.backbones import tiny_config
-from offramp.engine import simulate
+from offramp.simulate import simulate
 from offramp.losses import (
     CoseeConfig,
     LearnedExitConfig,
@@ -249,7 +249,7 @@ def test_cosee_simulates_exits_with_the_shared_policy_code(monkeypatch: pytest.M
         assert policy.kind == "threshold" and policy.signal == "maxprob"
         return result
 
-    monkeypatch.setattr("offramp.engine.simulate", spy)
+    monkeypatch.setattr("offramp.simulate.simulate", spy)
     scheme.loss(MultiExitOutput(LOGITS), {"labels": LABELS}, {"step": 0, "total_steps": 1})
     again = simulate(get_policy("threshold", signal="maxprob"), LOGITS, seen["thresholds"])
     assert torch.equal(seen["slots"], again.exit_slot)

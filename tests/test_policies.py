@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from offramp.engine import simulate
+from offramp.simulate import simulate
 from offramp.policies import (
     ExitOutput,
     PolicyError,

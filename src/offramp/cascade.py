@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from .io import atomic_dir
 from .model import (
     BACKBONE_ALIASES,
     ExitConfig,
     ModelLoadError,
     MultiExitModel,
     MultiExitOutput,
-    atomic_dir,
     config_from_dict,
     natural_pooling,
     resolve_backbone,

@@ -591,7 +591,7 @@ class CoseeScheme(Scheme):
 
     Each step (paper §3.2–3.4): all exits run; K thresholds are drawn uniformly from [lo, hi], the min
     and max of the signal over the training samples of the previous epoch — (0, 1) in the first epoch;
-    the exit rule itself (``policies.get_policy("threshold", signal=...)`` through ``engine.simulate``)
+    the exit rule itself (``policies.get_policy("threshold", signal=...)`` through ``simulate.simulate``)
     gives each sample's exit m*_n at each threshold; weights and loss follow eq. 2–5 (per-sample weights
     sum to 1 over exits; batch mean; plain mean over the K thresholds), plus α·OSC (eq. 6–9).
 
@@ -621,7 +621,7 @@ class CoseeScheme(Scheme):
     ) -> torch.Tensor:
         """Exit slots [T, B] from the shared exit-policy code (never a second copy of the rule)."""
         try:
-            from .engine import simulate
+            from .simulate import simulate
             from .policies import get_policy
         except ImportError as exc:  # pragma: no cover - depends on the other modules being present
             raise ImportError(

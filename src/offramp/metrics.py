@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -101,30 +102,103 @@ def task_metrics(
     return out
 
 
+def primary_scores(
+    task: str | None, predictions: np.ndarray, labels: np.ndarray, regression: bool
+) -> tuple[str, np.ndarray]:
+    """The primary metric for every row of ``predictions`` [T, N] (vectorised for accuracy).
+
+    Undefined scores (a constant prediction's correlation) count as -1 so a search never prefers them.
+    """
+    metric = primary_metric(task, regression=regression)
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if metric == "accuracy":
+        return metric, (predictions == labels[None, :]).mean(1)
+    values = [task_metrics(task, row, labels, regression=regression)[metric] for row in predictions]
+    return metric, np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-1.0)
+
+
+def exit_predictions(logits: Any, regression: bool) -> Any:
+    """Predictions from logits [..., C]: the argmax class, or the value itself for regression."""
+    return logits[..., 0] if regression else logits.argmax(-1)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Early-exit / speed-up metrics (below)
 # ---------------------------------------------------------------------------------------------------------
 
-# Speed-up conventions. All three are functions of the layers each input costs, l(n): the layer of
-# its exit, or, for a multi-model cascade, the depths of every model it ran (SWEET §3.3). L is the
-# depth of the full model (the last exit's layer). Arrays may carry leading axes (e.g. a threshold
-# grid [T, N]); the reduction is over the last axis, so a sweep gives one value per threshold.
+# Speed-up conventions. All three are functions of the layers each input costs, l(n): the cost of the
+# exit it left at. For a multi-exit model that is the exit's layer; for a multi-model cascade it is the
+# summed depths of every member it ran (SWEET §3.3). L is the full model's depth (the last exit's layer).
+# Arrays may carry leading axes (e.g. a threshold grid [T, N]); the reduction is over the last axis, so
+# a sweep gives one value per threshold.
 
 
 def _as_int_array(values: Any) -> np.ndarray:
     return np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.int64)
 
 
-def layers_per_input(exit_slot: Any, exits: Sequence[int], multi_model: bool = False) -> np.ndarray:
-    """l(n) from 0-based exit slots [..., N]: ``exits[slot]``, or ``sum(exits[:slot + 1])`` for a cascade."""
-    depths = np.asarray(exits, dtype=np.int64)
-    if depths.ndim != 1 or depths.size == 0 or np.any(depths < 1):
-        raise ValueError(f"exits {list(exits)}: expected a non-empty list of 1-based layer numbers")
-    cost = np.cumsum(depths) if multi_model else depths
-    slots = _as_int_array(exit_slot)
-    if slots.size and (slots.min() < 0 or slots.max() >= depths.size):
-        raise ValueError(f"exit slots must lie in 0..{depths.size - 1}; got {slots.min()}..{slots.max()}")
-    return cost[slots]
+@dataclass(frozen=True)
+class ExitCosts:
+    """What leaving at each exit costs: ``costs[k]`` layers for exit slot k; ``depth`` = L of the full model.
+
+    One cost model for every kind of model, so no caller needs to know whether it holds a cascade:
+    :meth:`of_exits` for a multi-exit model (cost = the exit's layer), :meth:`cascade` for a multi-model
+    cascade (cost = the summed depths of the members run so far).
+    """
+
+    costs: tuple[int, ...]
+    depth: int
+
+    def __post_init__(self) -> None:
+        if not self.costs or any(int(c) < 1 for c in self.costs) or self.depth < 1:
+            raise ValueError(f"exit costs {list(self.costs)} / depth {self.depth}: expected positive layers")
+
+    @classmethod
+    def of_exits(cls, exits: Sequence[int]) -> ExitCosts:
+        """A multi-exit model: an input leaving at the exit after layer l costs l layers."""
+        layers = [int(v) for v in exits]
+        if not layers or min(layers) < 1:
+            raise ValueError(f"exits {list(exits)}: expected a non-empty list of 1-based layer numbers")
+        return cls(tuple(layers), layers[-1])
+
+    @classmethod
+    def cascade(cls, depths: Sequence[int]) -> ExitCosts:
+        """A multi-model cascade of members with these depths: leaving at member k costs depths[0..k]."""
+        layers = [int(v) for v in depths]
+        if not layers or min(layers) < 1:
+            raise ValueError(f"member depths {list(depths)}: expected a non-empty list of layer counts")
+        return cls(tuple(int(c) for c in np.cumsum(layers)), layers[-1])
+
+    @property
+    def is_cascade(self) -> bool:
+        """True when some exit costs more than its own depth (members re-run the early layers)."""
+        return self.costs[-1] != self.depth
+
+    def layers(self, exit_slot: Any) -> np.ndarray:
+        """l(n) for 0-based exit slots [..., N]."""
+        slots = _as_int_array(exit_slot)
+        if slots.size and (slots.min() < 0 or slots.max() >= len(self.costs)):
+            raise ValueError(
+                f"exit slots must lie in 0..{len(self.costs) - 1}; got {slots.min()}..{slots.max()}"
+            )
+        return np.asarray(self.costs, dtype=np.int64)[slots]
+
+    def speedup(self, exit_slot: Any) -> float | np.ndarray:
+        """COSEE eq. 12 / PABEE: L·N / Σ_n l(n)."""
+        return speedup_ratio(self.layers(exit_slot), self.depth)
+
+    def summary(self, exit_slot: Any) -> dict[str, Any]:
+        """All three conventions plus the exit histogram, for one setting (exit slots [N])."""
+        slots = _as_int_array(exit_slot)
+        layers = self.layers(slots)
+        return {
+            "speedup": speedup_ratio(layers, self.depth),
+            "saved_layers": saved_layers_fraction(layers, self.depth),
+            "cost_fraction": cost_fraction(layers, self.depth),
+            "mean_layers": float(layers.mean()),
+            "exit_counts": np.bincount(slots, minlength=len(self.costs)).tolist(),
+        }
 
 
 def _layer_totals(layers: Any, total_layers: int) -> tuple[np.ndarray, int]:
@@ -150,28 +224,12 @@ def saved_layers_fraction(layers: Any, total_layers: int) -> float | np.ndarray:
     return float(out) if np.ndim(out) == 0 else out
 
 
-def cost_fraction(exit_slot: Any, exits: Sequence[int], multi_model: bool = False) -> float | np.ndarray:
+def cost_fraction(layers: Any, total_layers: int) -> float | np.ndarray:
     """SWEET appendix eq. 1: Σ_i S_i·L_i / (L_K·Σ_i S_i), the share of the full model's cost.
 
-    S_i counts the inputs answered by classifier i; L_i is its layer (for a multi-model cascade the
-    summed depths of models 1..i, so a cascade can cost more than 1.0); L_K the last classifier's layer.
+    S_i counts the inputs answered by classifier i and L_i is its cost (for a multi-model cascade the
+    summed depths of models 1..i, so a cascade can cost more than 1.0), so the sum is Σ_n l(n) / (N·L).
     """
-    cost = layers_per_input(exit_slot, exits, multi_model)
-    if cost.ndim == 0 or cost.shape[-1] == 0:
-        raise ValueError("no inputs: expected at least one exit slot")
-    out = cost.mean(-1) / float(exits[-1])
+    total, n = _layer_totals(layers, total_layers)
+    out = total / (n * total_layers)
     return float(out) if np.ndim(out) == 0 else out
-
-
-def speedup_summary(exit_slot: Any, exits: Sequence[int], multi_model: bool = False) -> dict[str, Any]:
-    """All three conventions plus the exit histogram, for one setting (exit slots [N])."""
-    slots = _as_int_array(exit_slot)
-    layers = layers_per_input(slots, exits, multi_model)
-    total = int(exits[-1])
-    return {
-        "speedup": speedup_ratio(layers, total),
-        "saved_layers": saved_layers_fraction(layers, total),
-        "cost_fraction": cost_fraction(slots, exits, multi_model),
-        "mean_layers": float(layers.mean()),
-        "exit_counts": np.bincount(slots, minlength=len(exits)).tolist(),
-    }

@@ -12,10 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from .backbones import BackboneAdapter, adapter_for
+from .io import atomic_dir
 
 CONFIG_FILE = "offramp.json"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
@@ -380,31 +377,3 @@ class MultiExitModel(nn.Module):
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         return model.to(device).eval()
-
-
-@contextmanager
-def atomic_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    """Write a folder atomically: yield a temporary sibling, rename it into place on success.
-
-    On any failure the temporary folder is removed and an existing ``directory`` is left untouched.
-    """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Move a finished folder into place, replacing an older one only after the new one is complete."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, backup)
-        os.replace(source, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(source, target)

@@ -8,7 +8,7 @@ over a grid of T thresholds::
         state, exit_now, prediction = policy.step(state, k, ExitOutput(logits_k, confidence_k))
         # exit_now: bool [T, N]; prediction: [T, N] (class id, or the value for regression)
 
-The same code drives :func:`offramp.engine.simulate` (cached logits, every threshold at once), the live
+The same code drives :func:`offramp.simulate.simulate` (cached logits, every threshold at once), the live
 :class:`offramp.engine.EarlyExitEngine` (T = 1, only the rows still running are passed in; the state
 follows them through :meth:`PolicyState.select`) and COSEE's training-time exit simulation. The last
 exit always exits.

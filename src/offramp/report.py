@@ -29,10 +29,11 @@ from .analysis import (
     overthinking_rate,
 )
 from .calibrate import _scores, exit_accuracies, sweep
-from .engine import simulate
+from .simulate import simulate
 from .evaluate import ExitOutputs, exit_predictions, scores_from_outputs
 from .metrics import cost_fraction, layers_per_input, saved_layers_fraction, speedup_ratio, speedup_summary
 from .policies import BEEM, PolicyError, get_policy, list_policies, policy_from_config, regression_policies
+from .io import atomic_dir
 from .signals import SIGNALS
 
 TARGETS: tuple[float, ...] = (1.5, 2.0, 3.0)
@@ -376,8 +377,6 @@ def render_markdown(result: dict[str, Any], title: str) -> str:
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str], title: str) -> Path:
     """Write ``report.md``, ``report.json`` and the PNGs into ``out_dir`` atomically (temp + rename)."""
-    from .model import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         if result.get("policies"):
             plot_curves(result, tmp / "curves.png", title)
@@ -540,8 +539,6 @@ def _pm(mean: float | None, half: float | None) -> str:
 
 def write_compare_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """``report.md`` + ``compare.png`` + ``compare.json`` in ``out_dir``, atomically."""
-    from .model import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         plot_compare(result, tmp / "compare.png")
         (tmp / "report.md").write_text(render_compare_markdown(result) + "\n")

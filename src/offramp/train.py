@@ -50,7 +50,8 @@ from .losses import (
     get_scheme_config,
     joint_loss,
 )
-from .model import ModelLoadError, MultiExitModel, parse_exits, replace_dir, resolve_backbone
+from .io import replace_dir
+from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
 
 CHECKPOINT_FORMAT = 1
 STATE_FILE = "trainer_state.json"

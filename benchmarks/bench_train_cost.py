@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from offramp.data import load_glue, subsample
-from offramp.losses import build_scheme
 from offramp.model import MultiExitModel
+from offramp.schemes import build_scheme, get_scheme_config
 from offramp.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
@@ -49,8 +49,6 @@ CONFIGS: dict[str, tuple[list[int] | None, str, dict[str, Any], bool, float | No
 
 
 def time_steps(name: str, data: Any, args: argparse.Namespace) -> list[float]:
-    from offramp.losses import get_scheme_config
-
     exits, scheme, options, learned, _ = CONFIGS[name]
     torch.manual_seed(args.seed)
     model = MultiExitModel.from_backbone("minilm-l6", num_labels=2, exits=exits, learned_exit=learned)

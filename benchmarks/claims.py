@@ -107,7 +107,7 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
     from offramp.cascade import CascadeModel
     from offramp.data import load_glue, subsample
     from offramp.evaluate import collect_exit_outputs
-    from offramp.train import build_and_train
+    from offramp.train import RunSpec, TrainConfig, build_and_train
 
     setting = TASKS[task]
     train = load_glue(task, args.glue_dir, "train")
@@ -115,11 +115,7 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
         train = subsample(train, setting["train_size"], seed=seed)
     dev = load_glue(task, args.glue_dir, "dev")
     start = time.perf_counter()
-    model, log = build_and_train(
-        train,
-        None,
-        None,
-        backbone="minilm-l6",
+    cfg = TrainConfig(
         epochs=args.epochs or setting["epochs"],
         batch_size=args.batch_size,
         lr=args.lr,
@@ -127,8 +123,8 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
         seed=seed,
         group_by_length=True,
         progress=not args.no_progress,
-        **RUNS[run],
     )
+    model, log = build_and_train(train, None, None, RunSpec(backbone="minilm-l6", **RUNS[run]), cfg)
     train_seconds = time.perf_counter() - start
     outputs = collect_exit_outputs(model, dev, batch_size=128, max_length=setting["max_length"])
     npz = outputs_path(out, task, run, seed)
@@ -154,15 +150,18 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
     }
 
 
-def score_outputs(outputs: Any, multi_model: bool) -> dict[str, Any]:
-    """Per-exit accuracy and every policy's curve, accuracy at the targets and AUC (grid of 200)."""
+def score_outputs(outputs: Any, multi_model: bool | None = None) -> dict[str, Any]:
+    """Per-exit accuracy and every policy's curve, accuracy at the targets and AUC (grid of 200).
+
+    The cost model comes from ``outputs.costs``; ``multi_model``, when given, must agree with it.
+    """
     from offramp.report import evaluate_policies
 
-    result = evaluate_policies(
-        outputs, None, False, POLICIES, grid_size=200, targets=TARGETS, multi_model=multi_model
-    )
+    result = evaluate_policies(outputs, None, False, POLICIES, grid_size=200, targets=TARGETS).to_json()
+    if multi_model is not None and multi_model != result["multi_model"]:
+        raise ValueError(f"multi_model={multi_model} but the outputs' exit costs say {result['multi_model']}")
     return {
-        "multi_model": multi_model,
+        "multi_model": result["multi_model"],
         "exits": result["exits"],
         "per_exit": [r["score"] for r in result["per_exit"]],
         "final": result["final_score"],
@@ -370,9 +369,9 @@ def plot_task(task: str, records: dict[str, dict[str, Any]], majority: float, pa
     The y-axis starts just below the lowest accuracy plotted, so close curves stay apart; the
     majority-class line is drawn only when it falls inside that range.
     """
-    from offramp.report import _plt
+    from offramp.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     lowest = min(min(r["per_exit"]) for r in records.values())
     for i, (run, rec) in enumerate(sorted(records.items())):

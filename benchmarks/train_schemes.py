@@ -32,7 +32,7 @@ from offramp.evaluate import per_exit_scores
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
-#: run name -> build_and_train keyword arguments
+#: run name -> RunSpec fields (offramp.train)
 RUNS: dict[str, dict[str, Any]] = {
     "joint": {"scheme": "joint"},
     "weighted": {"scheme": "weighted"},
@@ -49,23 +49,19 @@ RUNS: dict[str, dict[str, Any]] = {
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, train_data: Any, dev: Any) -> dict[str, Any]:
-    from offramp.train import build_and_train
+    from offramp.train import RunSpec, TrainConfig, build_and_train
 
     spec = RUNS[name]
-    start = time.perf_counter()
-    model, log = build_and_train(
-        train_data,
-        None,
-        None,
-        backbone="minilm-l6",
+    cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         max_length=args.max_length,
         seed=seed,
         progress=not args.no_progress,
-        **spec,
     )
+    start = time.perf_counter()
+    model, log = build_and_train(train_data, None, None, RunSpec(backbone="minilm-l6", **spec), cfg)
     train_seconds = time.perf_counter() - start
     scores = per_exit_scores(model, dev, batch_size=128, max_length=args.max_length)
     return {

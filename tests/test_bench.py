@@ -16,8 +16,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thr
 
 def test_benchmark_reports_every_figure(minilm_sst2: Any) -> None:
     texts = ["a gripping , beautiful film", "dull", "the worst movie of the year", "fine", "not bad at all"]
-    report = benchmark(minilm_sst2, texts, batch_sizes=(1, 2), policy="maxprob", threshold=0.7, repeats=1,
+    result = benchmark(minilm_sst2, texts, batch_sizes=(1, 2), policy="maxprob", threshold=0.7, repeats=1,
                        warmup_batches=1)  # fmt: skip
+    report = result.to_json()
     assert report["examples"] == 5 and report["depth"] == 6 and report["policy"]["name"] == "threshold"
     for entry in report["batch_sizes"].values():
         assert set(entry["seconds"]) == {"early_exit", "full", "stock"}
@@ -29,7 +30,7 @@ def test_benchmark_reports_every_figure(minilm_sst2: Any) -> None:
         assert entry["ratio_vs_full"] == pytest.approx(
             entry["measured_speedup_vs_full"] / entry["layer_count_speedup"]
         )
-    assert "vs stock" in format_report(report)
+    assert "vs stock" in format_report(result)
     json.dumps(report)
 
 

@@ -15,12 +15,14 @@ from offramp.data import (
     TextDataset,
     TruncationWarning,
     default_glue_dir,
+    encode_texts,
     get_task_spec,
     load_data,
     load_glue,
     load_hf,
     load_table,
     make_loader,
+    pad_features,
     subsample,
     task_names,
     train_val_split,
@@ -323,7 +325,9 @@ def test_subsample_deterministic() -> None:
     order = [ds.texts.index(t) for t in a.texts]
     assert order == sorted(order)  # original order kept
     assert set(a.texts) <= set(subsample(ds, 30, seed=1).texts)  # larger n, same seed: a superset
-    assert subsample(ds, 100, seed=5).texts == ds.texts and subsample(ds, 500).texts == ds.texts
+    assert subsample(ds, 100, seed=5).texts == ds.texts
+    with pytest.warns(UserWarning, match="subsample size 500 is more than the 100 rows; using all 100 rows"):
+        assert subsample(ds, 500).texts == ds.texts
     with pytest.raises(DataError, match="-3"):
         subsample(ds, -3)
 
@@ -344,6 +348,133 @@ def test_train_val_split_disjoint_and_covering(val_size: float, expected: int) -
 def test_train_val_split_rejects_bad_sizes(bad: object) -> None:
     with pytest.raises(DataError, match=repr(bad).replace(".", r"\.")):
         train_val_split(toy(40), bad)
+
+
+@pytest.mark.parametrize(
+    "val_size, message",
+    [
+        (1.5, "val_size 1.5: expected an int count >= 1 or a float fraction in (0, 1)"),
+        (2.0, "val_size 2.0: expected an int count >= 1 or a float fraction in (0, 1)"),
+        (0.0, "val_size 0.0: expected an int count >= 1 or a float fraction in (0, 1)"),
+        (-0.5, "val_size -0.5: expected an int count >= 1 or a float fraction in (0, 1)"),
+        (0, "val_size 0: expected an int count >= 1 or a float fraction in (0, 1)"),
+        (40, "val_size 40 takes 40 of 40 rows and leaves none for training; expected 1..39 rows"),
+        (0.999, "val_size 0.999 takes 40 of 40 rows and leaves none for training; expected 1..39 rows"),
+    ],
+)
+def test_train_val_split_error_messages(val_size: float, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        train_val_split(toy(40), val_size)
+    assert str(info.value) == message
+
+
+def test_subsample_without_warning_up_to_the_size() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(subsample(toy(10), 10)) == 10 and len(subsample(toy(10), None)) == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Robustness of the file readers
+# ---------------------------------------------------------------------------------------------------------
+
+BIG = "x" * 200_000  # over the csv module's default 131,072-character field limit
+
+
+@pytest.mark.parametrize(
+    "name, content, texts",
+    [
+        ("big.csv", f"text,label\n{BIG},pos\nb,neg\n", [(BIG,), ("b",)]),
+        ("big.tsv", f"text\tlabel\n{BIG}\tpos\nb\tneg\n", [(BIG,), ("b",)]),
+        (
+            "multi.csv",
+            'text,label\n"line one\nline two",pos\nplain,neg\n',
+            [("line one\nline two",), ("plain",)],
+        ),
+        ("crlf.csv", 'text,label\r\n"a\r\nb, c",pos\r\nd,neg\r\n', [("a\r\nb, c",), ("d",)]),
+    ],
+)
+def test_table_fields_that_used_to_fail(tmp_path: Path, name: str, content: str, texts: list) -> None:
+    p = tmp_path / name
+    p.write_bytes(content.encode("utf-8"))
+    ds = load_table(p, "text", "label")
+    assert ds.texts == texts and ds.labels == [1, 0] and ds.label_names == ["neg", "pos"]
+
+
+@pytest.mark.parametrize(
+    "name, content, error",
+    [
+        # the row after a multi-line record is named by its own first line (4), not by a record count
+        (
+            "multi.csv",
+            b'text,label\n"one\ntwo",pos\n,neg\n',
+            r"empty text in column 'text' at row 1 \(line 4 of ",
+        ),
+        (
+            "multi.csv",
+            b'text,label\n"one\ntwo",pos\na,b,c\n',
+            r"^line 4 of '.*multi\.csv' has 3 fields; expected 2$",
+        ),
+        (
+            "multi.tsv",
+            b'text\tlabel\n"line one\nline two"\tpos\n',
+            r"^line 2 of '.*multi\.tsv' has 1 fields; expected 2 \(\.tsv is read with quoting off, so a "
+            r"field cannot span lines: use \.csv or \.jsonl\)$",
+        ),
+        ("latin.csv", b"text,label\nok,pos\ncaf\xe9,neg\n", r"^line 3 of '.*latin\.csv' is not valid UTF-8"),
+        (
+            "latin.tsv",
+            b"text\tlabel\nok\tpos\ncaf\xe9\tneg\n",
+            r"^line 3 of '.*latin\.tsv' is not valid UTF-8",
+        ),
+        (
+            "latin.jsonl",
+            b'{"text":"a","label":1}\n\n{"text":"caf\xe9","label":0}\n',
+            r"^line 3 of '.*latin\.jsonl'",
+        ),
+        (
+            "latin.json",
+            b'[{"text": "caf\xe9", "label": 1}]',
+            r"^line 1 of '.*latin\.json' is not valid UTF-8",
+        ),
+    ],
+)
+def test_table_errors_name_file_and_line(tmp_path: Path, name: str, content: bytes, error: str) -> None:
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=error) as info:
+        load_table(p, "text", "label")
+    error = info.value  # one line, and no other exception chained to it in a traceback
+    assert "\n" not in str(error) and error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+
+
+def test_non_utf8_glue_file_names_file_line_and_byte(tmp_path: Path) -> None:
+    p = tmp_path / "SST-2" / "dev.tsv"
+    p.parent.mkdir()
+    p.write_bytes("\ufeffsentence\tlabel\nfine\t1\n".encode() + b"na\xefve\t0\n")
+    with pytest.raises(DataError) as info:
+        load_glue("sst2", tmp_path, "dev")
+    assert str(info.value) == (
+        f"line 3 of {str(p)!r} is not valid UTF-8 (byte 0xef at column 3); expected a UTF-8 text file"
+    )
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        (["b", "A", "a", "B"], ["A", "a", "B", "b"]),  # case-insensitive; exact spelling breaks ties
+        (["pos", "Neg", "neutral"], ["Neg", "neutral", "pos"]),
+        (["positive", "Negative"], ["Negative", "positive"]),
+        (["10", "2", "-1"], ["-1", "2", "10"]),  # integers still sort numerically
+    ],
+)
+def test_inferred_label_names_ignore_case(tmp_path: Path, values: list, names: list) -> None:
+    for order in (values, values[::-1]):  # the same names whatever the row order
+        p = write(tmp_path / "d.csv", ["text,label", *(f"t{i},{v}" for i, v in enumerate(order))])
+        ds = load_table(p, "text", "label")
+        assert ds.label_names == names
+        assert [ds.label_names[y] for y in ds.labels] == order
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,6 +531,46 @@ def test_make_loader_pairs_regression_unlabelled_and_order(tokenizer) -> None:
     ]
     assert shuffled[0].tolist() == shuffled[1].tolist() != shuffled[2].tolist()
     assert sorted(shuffled[0].tolist()) == list(range(30))
+
+
+def test_pad_features_sides_masks_and_multiples() -> None:
+    rows = [{"input_ids": [5, 6, 7], "token_type_ids": [0, 0, 1]}, {"input_ids": [8], "token_type_ids": [0]}]
+    right = pad_features(rows, 0)
+    assert list(right) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert right["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert all(t.dtype == torch.long for t in right.values())
+    left = pad_features(rows, 9, pad_type_id=2, padding_side="left", pad_to_multiple_of=4)
+    assert left["input_ids"].tolist() == [[9, 5, 6, 7], [9, 9, 9, 8]]
+    assert left["attention_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert left["token_type_ids"].tolist() == [[2, 0, 0, 1], [2, 2, 2, 0]]
+    masked = pad_features([{"input_ids": [1, 2], "attention_mask": [1, 0]}, {"input_ids": [3]}], 0)
+    assert masked["attention_mask"].tolist() == [[1, 0], [1, 0]]  # a row's own mask is kept
+    with pytest.raises(DataError, match="no rows to pad"):
+        pad_features([], 0)
+    with pytest.raises(DataError, match="row 1 has no 'token_type_ids'"):
+        pad_features([rows[0], {"input_ids": [1]}], 0)
+    with pytest.raises(DataError, match="padding_side 'top'"):
+        pad_features(rows, 0, padding_side="top")
+
+
+def test_encode_texts_single_pairs_and_truncation(tokenizer) -> None:
+    single = encode_texts(tokenizer, ["a film", ("another film",)], 16)
+    assert [len(f["input_ids"]) for f in single] == [4, 4] and set(single[0]) >= {
+        "input_ids",
+        "attention_mask",
+    }
+    pairs = encode_texts(tokenizer, [("a man", "a woman")], 16)
+    assert max(pairs[0]["token_type_ids"]) == 1
+    with pytest.warns(
+        TruncationWarning, match=r"^1 of 2 rows of my\.tsv were truncated to max_length=6 tokens$"
+    ):
+        cut = encode_texts(tokenizer, ["word " * 20, "short"], 6, source="my.tsv")
+    assert [len(f["input_ids"]) for f in cut] == [6, 3]
+    with pytest.raises(DataError, match=r"rows hold \[1, 2\] texts"):
+        encode_texts(tokenizer, ["a", ("b", "c")], 16)
+    assert encode_texts(tokenizer, [], 16) == []
 
 
 def test_truncation_warns_once_with_count(tokenizer) -> None:

@@ -62,11 +62,8 @@ def dev_cache(minilm_sst2: Any) -> dict[str, Any]:
 
 
 def build_policy(name: str, params: dict[str, Any], outputs: Any) -> Any:
-    if name == "beem-a":
-        from offramp.calibrate import exit_accuracies
-
-        params = {**params, "weights": exit_accuracies(outputs.logits, outputs.labels)}
-    return get_policy(name, **params)
+    policy = get_policy(name, **params)
+    return policy.fit(outputs.logits, outputs.labels)  # BEEM-A: weights = each exit's accuracy
 
 
 def stable_thresholds(policy: Any, logits: np.ndarray, conf: np.ndarray, count: int) -> list[Any]:
@@ -283,7 +280,8 @@ def test_predict_cli_writes_jsonl(minilm_sst2_dir: Any, tmp_path: Any, capsys: A
 
 
 def test_read_inputs_splits_pairs_and_names_bad_lines(tmp_path: Any) -> None:
-    from offramp.engine import parse_params, parse_threshold, read_inputs
+    from offramp.cli.args import parse_params, parse_threshold
+    from offramp.cli.predict import read_inputs
 
     src = tmp_path / "pairs.tsv"
     src.write_text("a\tb\n\nc\td\n")

@@ -9,31 +9,33 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from offramp import losses
+from offramp import losses, schemes
 from offramp.backbones import tiny_config
-from offramp.simulate import simulate
 from offramp.losses import (
-    CoseeConfig,
-    LearnedExitConfig,
     beem_kd_loss,
-    build_scheme,
     cosee_beta,
     exit_weights,
-    get_scheme_config,
     joint_loss,
     kd_loss,
     learned_exit_loss,
     learned_exit_targets,
-    list_schemes,
     osc_loss,
-    parse_options,
     swm_loss,
     swm_weights,
     weighted_loss,
 )
 from offramp.model import ExitConfig, MultiExitModel, MultiExitOutput
 from offramp.policies import get_policy
+from offramp.schemes import (
+    CoseeConfig,
+    LearnedExitConfig,
+    build_scheme,
+    get_scheme_config,
+    list_schemes,
+    parse_options,
+)
 from offramp.signals import normalized_energy
+from offramp.simulate import simulate
 
 # Three exits, two samples, two classes; labels [0, 1].
 LOGITS = torch.tensor(
@@ -202,7 +204,7 @@ def test_osc_gradient_pushes_easy_down_and_hard_up() -> None:
     assert torch.count_nonzero(values.grad[1]) == 0
 
 
-def _cosee_scheme(model: MultiExitModel, **options: object) -> losses.CoseeScheme:
+def _cosee_scheme(model: MultiExitModel, **options: object) -> schemes.CoseeScheme:
     scheme = build_scheme(CoseeConfig(**options), model)
     scheme.start(seed=0)
     return scheme

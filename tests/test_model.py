@@ -122,7 +122,10 @@ def test_tiny_families_round_trip(tmp_path: Path, model_type: str) -> None:
 
 def test_parse_exits() -> None:
     assert parse_exits("1,3,6", 6) == [1, 3, 6]
-    assert parse_exits("6,1", 6) == [1, 6]
+    with pytest.raises(ValueError, match="expected increasing layer numbers"):
+        parse_exits("6,1", 6)  # it used to be sorted silently into [1, 6] (issue 10)
+    with pytest.warns(UserWarning, match="layers 4..6 of the backbone never run"):
+        assert parse_exits("1,3", 6) == [1, 3]
     assert parse_exits(None, 4) == [1, 2, 3, 4]
     assert parse_exits("all", 2) == [1, 2]
     with pytest.raises(ValueError, match=r"\[7\] out of range: this backbone has layers 1..6"):

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ from transformers import AutoModel, BertTokenizerFast
 
 from offramp.backbones import tiny_config
 from offramp.cascade import CascadeModel, load_any, truncate_backbone
+from offramp.checkpoint import find_checkpoint
 from offramp.data import TextDataset
 from offramp.evaluate import per_exit_scores
 from offramp.model import ExitConfig, MultiExitModel
-from offramp.train import BatchOrder, TrainConfig, build_and_train, find_checkpoint
+from offramp.train import BatchOrder, RunSpec, TrainConfig, build_and_train
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "the", "a", "plot", "was", "very"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
@@ -93,24 +95,27 @@ TRAIN, VAL = sentiment(64), sentiment(16, seed=1)
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(
     tmp_path: Path, tokenizer: BertTokenizerFast, scheme: str, kill_at: int, options: dict[str, Any]
 ) -> None:
-    kw = {**FAST, **options, "scheme": scheme, "model_factory": factory(tokenizer)}
-    straight, log = build_and_train(TRAIN, VAL, tmp_path / "straight", **kw)
+    learned = options.get("learned_exit", False)
+    spec = RunSpec(scheme=scheme, model_factory=factory(tokenizer), learned_exit=learned)
+    cfg = TrainConfig(**FAST, **{k: v for k, v in options.items() if k != "learned_exit"})
+    straight, log = build_and_train(TRAIN, VAL, tmp_path / "straight", spec, cfg)
     _, partial = build_and_train(
-        TRAIN, VAL, tmp_path / "killed", save_every=kill_at, stop_after=kill_at, **kw
+        TRAIN, VAL, tmp_path / "killed", spec, replace(cfg, save_every=kill_at, stop_after=kill_at)
     )
     assert partial["stopped"] == kill_at
     assert find_checkpoint(tmp_path / "killed.checkpoints").name == f"step-{kill_at:08d}"
     assert not (tmp_path / "killed").exists()  # a killed run leaves no model folder
-    resumed, log2 = build_and_train(TRAIN, VAL, tmp_path / "killed", save_every=kill_at, resume=True, **kw)
+    resumed, log2 = build_and_train(
+        TRAIN, VAL, tmp_path / "killed", spec, replace(cfg, save_every=kill_at), resume=True
+    )
     assert_same_weights(straight, resumed)
     assert [e["val"] for e in log["epochs"]] == [e["val"] for e in log2["epochs"]]
     assert_same_weights(straight, MultiExitModel.load(tmp_path / "killed"))
 
 
 def test_checkpoints_hold_only_safetensors_and_json(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
-    build_and_train(
-        TRAIN, VAL, tmp_path / "m", scheme="cosee", model_factory=factory(tokenizer), save_every=2, **FAST
-    )
+    spec = RunSpec(scheme="cosee", model_factory=factory(tokenizer))
+    build_and_train(TRAIN, VAL, tmp_path / "m", spec, TrainConfig(save_every=2, **FAST))
     steps = sorted(p.name for p in (tmp_path / "m.checkpoints").iterdir())
     assert steps == ["step-00000006", "step-00000008"]  # keep_checkpoints=2 pruned steps 2 and 4
     folder = tmp_path / "m.checkpoints" / "step-00000008"
@@ -140,14 +145,14 @@ def test_checkpoints_hold_only_safetensors_and_json(tmp_path: Path, tokenizer: B
 
 
 def test_resume_refuses_a_different_run(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
-    kw = {**FAST, "model_factory": factory(tokenizer)}
-    build_and_train(TRAIN, None, tmp_path / "m", save_every=2, stop_after=2, **kw)
+    spec, cfg = RunSpec(model_factory=factory(tokenizer)), TrainConfig(**FAST)
+    build_and_train(TRAIN, None, tmp_path / "m", spec, replace(cfg, save_every=2, stop_after=2))
     with pytest.raises(ValueError, match="different run"):
-        build_and_train(TRAIN, None, tmp_path / "m", resume=True, **{**kw, "batch_size": 8})
+        build_and_train(TRAIN, None, tmp_path / "m", spec, replace(cfg, batch_size=8), resume=True)
     with pytest.raises(ValueError, match="group_by_length"):
-        build_and_train(TRAIN, None, tmp_path / "m", resume=True, **{**kw, "group_by_length": True})
+        build_and_train(TRAIN, None, tmp_path / "m", spec, replace(cfg, group_by_length=True), resume=True)
     with pytest.raises(FileNotFoundError):
-        build_and_train(TRAIN, None, tmp_path / "x", resume=tmp_path / "nowhere", **kw)
+        build_and_train(TRAIN, None, tmp_path / "x", spec, cfg, resume=tmp_path / "nowhere")
 
 
 # -- two-stage -----------------------------------------------------------------------------------
@@ -156,14 +161,14 @@ def test_resume_refuses_a_different_run(tmp_path: Path, tokenizer: BertTokenizer
 def test_two_stage_trains_the_final_exit_then_only_the_other_heads(
     tmp_path: Path, tokenizer: BertTokenizerFast
 ) -> None:
-    kw = {**FAST, "scheme": "two-stage", "model_factory": factory(tokenizer)}
+    spec, cfg = RunSpec(scheme="two-stage", model_factory=factory(tokenizer)), TrainConfig(**FAST)
     initial = factory(tokenizer)(None)
     stage1, log = build_and_train(
-        TRAIN, None, tmp_path / "m", save_every=8, stop_after=8, **kw
+        TRAIN, None, tmp_path / "m", spec, replace(cfg, save_every=8, stop_after=8)
     )  # end of stage 1
     assert log["stages"] == [{"name": "final-exit", "total_steps": 8}]
     after1 = {k: v.clone() for k, v in stage1.state_dict().items()}
-    final, _ = build_and_train(TRAIN, None, tmp_path / "m", resume=True, **kw)
+    final, _ = build_and_train(TRAIN, None, tmp_path / "m", spec, cfg, resume=True)
     before = initial.state_dict()
     for name, value in final.state_dict().items():
         internal_head = name.startswith(("heads.0.", "heads.1."))
@@ -186,13 +191,11 @@ def test_multi_model_trains_truncated_members_and_round_trips(
         TRAIN,
         None,
         tmp_path / "mm",
-        scheme="multi-model",
-        exits=[1, 3],
-        model_factory=factory(tokenizer),
-        **FAST,
+        RunSpec(scheme="multi-model", exits=[1, 3], model_factory=factory(tokenizer)),
+        TrainConfig(**FAST),
     )
     assert isinstance(cascade, CascadeModel) and len(log["members"]) == 2
-    assert cascade.exits == [1, 3] and cascade.costs == [1, 4]
+    assert cascade.exits == [1, 3] and list(cascade.exit_costs.costs) == [1, 4]
     assert [len(m.backbone.encoder.layer) for m in cascade.members] == [1, 3]
     names = sorted(p.name for p in (tmp_path / "mm").iterdir())
     assert {"cascade.json", "member-1", "member-2", "tokenizer.json"} <= set(names)
@@ -303,8 +306,8 @@ def test_cli_train_wires_schemes_learned_exit_and_checkpoints(
         "train", "--task", "sst2", "--data-dir", str(default_glue_dir()), "--backbone", str(backbone),
         "--train-size", "48", "--val-size", "16", "--epochs", "1", "--batch-size", "16", "--max-length", "24",
         "--scheme", "sweet", "--base-loss", "weighted", "--scheme-opt", "weight_by=layer", "--learned-exit",
-        "--learned-exit-loss", "bce", "--save-every", "2", "--group-by-length", "--out", str(tmp_path / "m"),
-        "--no-progress",
+        "--learned-exit-loss", "bce", "--save-every", "2", "--group-by-length", "--keep-checkpoints",
+        "--out", str(tmp_path / "m"), "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((tmp_path / "m" / "offramp.json").read_text())
@@ -318,7 +321,8 @@ def test_cli_train_wires_schemes_learned_exit_and_checkpoints(
     assert config["info"]["train"]["config"]["group_by_length"] is True
     assert find_checkpoint(tmp_path / "m.checkpoints").name == "step-00000002"
     first = MultiExitModel.load(tmp_path / "m")
-    assert main(argv + ["--resume"]) == 0  # from step 2 of 3: must land on the same weights
+    assert main(argv + ["--resume"]) == 2  # the finished model is the user's: refused without --overwrite
+    assert main(argv + ["--resume", "--overwrite"]) == 0  # from step 2 of 3: must land on the same weights
     assert_same_weights(first, MultiExitModel.load(tmp_path / "m"))
     assert main([*argv[:-3], "--scheme-opt", "alpha=1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
 
@@ -331,12 +335,13 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from transformers import BertTokenizerFast
 from test_train import TRAIN, VOCAB, factory, FAST
-from offramp.train import build_and_train
+from offramp.train import RunSpec, TrainConfig, build_and_train
 vocab = os.path.join({tmp!r}, "vocab.txt")
 open(vocab, "w").write("\\n".join(VOCAB) + "\\n")
 tok = BertTokenizerFast(vocab_file=vocab)
-model, log = build_and_train(TRAIN, None, os.path.join({tmp!r}, "out"), scheme="cosee",
-                             model_factory=factory(tok), **{{**FAST, "epochs": 1}})
+model, log = build_and_train(TRAIN, None, os.path.join({tmp!r}, "out"),
+                             RunSpec(scheme="cosee", model_factory=factory(tok)),
+                             TrainConfig(**{{**FAST, "epochs": 1}}))
 from accelerate import PartialState
 state = PartialState()
 digest = float(sum(p.double().sum() for p in model.parameters()))

@@ -37,10 +37,37 @@ class BackboneAdapter:
     """Base adapter for encoders laid out like BERT: ``embeddings`` then ``encoder.layer[i]``."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: Layers mix positions only through masked attention (absolute positions are added once in the
+    #: embeddings; relative ones depend on i - j only), so dropping trailing all-padding columns after
+    #: compaction leaves every real token's output unchanged (the runtime trims them when True).
+    trim_safe: ClassVar[bool] = True
+    #: One set of layer weights applied at every depth (ALBERT): a member cannot be cut shorter.
+    shares_layers: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
+
+    def truncate(self, depth: int) -> bool:
+        """Drop the layer modules after ``depth`` in place (and the config's layer count); False if it can't.
+
+        Finds the ``ModuleList`` holding exactly :meth:`layers`, so it works for every family whose layers
+        are distinct modules; adapters with shared layers keep them all (the extra ones are never run).
+        """
+        layers = self.layers()
+        if self.shares_layers or depth >= self.num_layers or len(layers) != self.num_layers:
+            return False
+        for parent in self.model.modules():
+            for name, child in parent.named_children():
+                if (
+                    isinstance(child, nn.ModuleList)
+                    and len(child) == len(layers)
+                    and all(a is b for a, b in zip(child, layers, strict=True))
+                ):
+                    setattr(parent, name, nn.ModuleList(list(child)[:depth]))
+                    self.config.num_hidden_layers = depth
+                    return True
+        return False
 
     @property
     def num_layers(self) -> int:
@@ -124,6 +151,7 @@ class AlbertAdapter(BackboneAdapter):
     """
 
     model_types = ("albert",)
+    shares_layers = True
 
     def group_index(self, index: int) -> int:
         """The layer group applied at step ``index``: the stock ``AlbertTransformer`` formula, verbatim."""
@@ -291,6 +319,11 @@ register_adapter(DebertaV2Adapter)
 
 def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
+
+
+def adapter_class(model_type: str | None) -> type[BackboneAdapter] | None:
+    """The adapter class registered for a transformers ``model_type`` (None when unsupported)."""
+    return ADAPTERS.get(model_type or "")
 
 
 def adapter_for(model: nn.Module) -> BackboneAdapter:

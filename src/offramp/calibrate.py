@@ -1,25 +1,28 @@
 """Calibration on a validation split: thresholds that meet a goal, temperatures, BEEM-A weights.
 
 Everything here works on cached per-exit outputs (:class:`~offramp.evaluate.ExitOutputs`) of a
-*validation* split — never the evaluation split — through :func:`offramp.engine.simulate`, so a whole
-threshold grid costs one vectorised pass. Three rules pick the threshold:
+*validation* split — never the evaluation split — through :func:`offramp.simulate.sweep`, so a whole
+threshold grid costs one vectorised pass. Three goals pick the threshold:
 
 * ``target_speedup``: the slowest setting whose layer-count speed-up (COSEE eq. 12, L·N/Σ l(n)) is at
-  least the target (the most accurate one that still meets it);
+  least the target (the most accurate one that still meets it). Needs no labels with ``unlabeled=True``:
+  where inputs exit depends only on the exits' outputs;
 * ``rule="beem"``: BEEM's threshold choice (see :func:`calibrate` for the exact rule);
 * ``max_drop``: the fastest setting whose task score is within ``max_drop`` points of the final exit's.
 
-The result is a plain dict, ``{"name", "params", "temperatures", "calibration"}``, stored as
-``model.config.policy`` and used by default by :class:`~offramp.engine.EarlyExitEngine`.
+The result is a :class:`CalibrationResult`; its :meth:`~CalibrationResult.to_config` dict
+(``{"name", "params", "temperatures", "calibration"}``) is stored as ``model.config.policy`` and used by
+default by :class:`~offramp.engine.EarlyExitEngine`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
-import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +30,82 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import add_policy_args, policy_from_args, simulate
-from .metrics import layers_per_input, speedup_summary
-from .policies import BEEM, ExitOutput, Policy, PolicyError, describe_policies, get_policy, policy_from_config
+from .io import write_json_atomic
+from .metrics import ExitCosts, exit_predictions, primary_scores
+from .policies import BEEM, ExitOutput, Policy, PolicyError, policy_from_config
+from .simulate import SweepResult, axis_value, pick_index, simulate, sweep, threshold_for_speedup
 
-RULES = ("speedup", "beem", "accuracy")
+# ---------------------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------------------
+
+
+_SPEED_KEYS = ("speedup", "saved_layers", "cost_fraction", "mean_layers", "exit_counts")
+
+
+@dataclass
+class CalibrationResult:
+    """A calibrated policy and the facts of its calibration.
+
+    ``rule``: ``"speedup"``, ``"beem"`` or ``"accuracy"`` (``max_drop``); ``split``: what it was calibrated
+    on; ``n``: rows; ``exits``: exit layers; ``speed``: the chosen setting's speed-up summary on that split
+    (``speedup``, ``saved_layers``, ``cost_fraction``, ``mean_layers``, ``exit_counts``); ``metric``,
+    ``final_score`` (the final exit's) and ``score`` (the chosen setting's) are None without labels;
+    ``details``: what the goal adds (``target_speedup``, ``max_drop``, ``compare``, ``grid_size``, BEEM's
+    ``early_exits`` / ``early_error`` / ``final_error_on_reference``, ``weights_from``, ``unlabeled``).
+    """
+
+    policy: Policy
+    rule: str
+    split: str | None
+    n: int
+    exits: list[int]
+    speed: dict[str, Any]
+    metric: str | None = None
+    final_score: float | None = None
+    score: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        """Layer-count speed-up of the chosen setting on the calibration split."""
+        return float(self.speed["speedup"])
+
+    def calibration(self) -> dict[str, Any]:
+        """The ``"calibration"`` record saved with the policy (scores only when there were labels)."""
+        info: dict[str, Any] = {"split": self.split, "n": self.n, "exits": list(self.exits)}
+        if self.metric is not None:
+            info.update({"metric": self.metric, "final_score": self.final_score})
+        info["rule"] = self.rule
+        info.update(self.details)
+        info.update(self.speed)
+        if self.score is not None:
+            info["score"] = self.score
+        return info
+
+    def to_config(self) -> dict[str, Any]:
+        """What ``offramp.json["policy"]`` stores: ``{"name", "params", "temperatures", "calibration"}``."""
+        config = self.policy.to_config()
+        config["calibration"] = self.calibration()
+        return config
+
+    def to_json(self) -> dict[str, Any]:
+        """The same plain-JSON dict as :meth:`to_config`."""
+        return self.to_config()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> CalibrationResult:
+        """Read back a saved ``model.config.policy`` that holds a ``calibration`` record."""
+        info = dict(config.get("calibration") or {})
+        if "rule" not in info:
+            raise ValueError("this policy config holds no calibration record (run `offramp calibrate`)")
+        speed = {k: info.pop(k) for k in _SPEED_KEYS if k in info}
+        fixed = {k: info.pop(k, None) for k in ("split", "n", "exits", "metric", "final_score", "score")}
+        return cls(policy_from_config(config), info.pop("rule"), details=info, speed=speed, **fixed)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Temperatures and per-exit accuracies
+# Temperatures
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -49,96 +119,68 @@ def fit_temperatures(logits: Any, labels: Any, max_iter: int = 100) -> list[floa
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.ndim != 3 or z.shape[-1] < 2:
         raise ValueError(f"logits of shape {tuple(z.shape)}: temperature scaling needs [K, N, C] with C >= 2")
-    temps = []
-    for k in range(z.shape[0]):
-        log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure(
-            k: int = k, log_t: torch.Tensor = log_t, opt: torch.optim.Optimizer = opt
-        ) -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(z[k] / log_t.exp(), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        t = float(log_t.detach().exp())
-        temps.append(min(max(t, 1e-2), 1e2) if math.isfinite(t) else 1.0)
-    return temps
+    return [_fit_temperature(z[k], y, max_iter) for k in range(z.shape[0])]
 
 
-def exit_accuracies(logits: Any, labels: Any) -> list[float]:
-    """Validation accuracy of every exit: BEEM-A's expert weights w_k."""
-    z = np.asarray(logits)
-    y = np.asarray(labels)
-    return [float(v) for v in (z.argmax(-1) == y[None, :]).mean(1)]
+def _fit_temperature(z: torch.Tensor, y: torch.Tensor, max_iter: int) -> float:
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
 
-# ---------------------------------------------------------------------------------------------------------
-# Sweeps
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _scores(
-    task: str | None, predictions: np.ndarray, labels: np.ndarray, regression: bool
-) -> tuple[str, np.ndarray]:
-    """Primary task metric for every row of ``predictions`` [T, N] (vectorised for accuracy)."""
-    from .metrics import primary_metric, task_metrics
-
-    metric = primary_metric(task, regression=regression)
-    if metric == "accuracy":
-        return metric, (predictions == labels[None, :]).mean(1)
-    values = [task_metrics(task, row, labels, regression=regression)[metric] for row in predictions]
-    return metric, np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-1.0)
-
-
-def sweep(
-    policy: Policy,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    exits: list[int],
-    thresholds: Any = None,
-    confidence: np.ndarray | None = None,
-    task: str | None = None,
-    multi_model: bool = False,
-    grid_size: int = 256,
-) -> dict[str, Any]:
-    """Simulate ``policy`` over a grid (default: ``policy.grid``) and measure every setting.
-
-    Returns ``thresholds`` [T] or [T, K], ``exit_slot`` [T, N], ``prediction`` [T, N], ``speedup`` [T]
-    (COSEE eq. 12), ``score`` [T] and the metric name.
-    """
-    regression = logits.shape[-1] == 1
-    if thresholds is None:
-        thresholds = policy.grid(
-            torch.as_tensor(logits), None if confidence is None else torch.as_tensor(confidence), grid_size
-        )
-    sim = simulate(policy, logits, thresholds, confidence, regression=regression)
-    layers = layers_per_input(sim.exit_slot, exits, multi_model)
-    speedup = exits[-1] * layers.shape[-1] / layers.sum(-1)
-    metric, score = _scores(task, sim.prediction, labels, regression)
-    grid = np.asarray(thresholds, dtype=np.float64)
-    return {
-        "thresholds": grid,
-        "exit_slot": sim.exit_slot,
-        "prediction": sim.prediction,
-        "speedup": speedup,
-        "score": score,
-        "metric": metric,
-    }
-
-
-def _errors(prediction: np.ndarray, labels: np.ndarray, regression: bool) -> np.ndarray:
-    """Per-input error: 0/1 misclassification, or squared error for regression."""
-    if regression:
-        return (prediction.astype(np.float64) - labels.astype(np.float64)) ** 2
-    return (prediction != labels).astype(np.float64)
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    return min(max(t, 1e-2), 1e2) if math.isfinite(t) else 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Split:
+    """The validation outputs as arrays (what :func:`sweep` reads), plus the task for scoring."""
+
+    logits: np.ndarray
+    labels: np.ndarray | None
+    confidence: np.ndarray | None
+    exits: list[int]
+    costs: ExitCosts
+    task: str | None
+
+    @classmethod
+    def of(cls, outputs: Any, task: str | None, costs: ExitCosts | None) -> _Split:
+        conf = outputs.confidence
+        return cls(
+            np.asarray(outputs.logits, dtype=np.float32),
+            None if outputs.labels is None else np.asarray(outputs.labels),
+            None if conf is None else np.asarray(conf, dtype=np.float32),
+            [int(v) for v in outputs.exits],
+            costs or outputs.costs,
+            task,
+        )
+
+    @property
+    def regression(self) -> bool:
+        return self.logits.shape[-1] == 1
+
+    @property
+    def final_prediction(self) -> np.ndarray:
+        return exit_predictions(self.logits[-1], self.regression)
+
+    def scores(self, predictions: np.ndarray) -> tuple[str, np.ndarray]:
+        """The task's primary metric for every row of ``predictions`` [T, N]."""
+        assert self.labels is not None
+        return primary_scores(self.task, predictions, self.labels, self.regression)
+
+    def final_score(self) -> tuple[str, float]:
+        metric, score = self.scores(self.final_prediction[None, :])
+        return metric, float(score[0])
 
 
 def calibrate(
@@ -151,17 +193,19 @@ def calibrate(
     per_exit: bool = False,
     temperature_scaling: bool = False,
     task: str | None = None,
-    multi_model: bool = False,
     compare: str = "same_inputs",
     grid_size: int = 512,
     split: str | None = None,
-) -> dict[str, Any]:
-    """Choose the policy's threshold on validation outputs; returns the ``model.config.policy`` dict.
+    costs: ExitCosts | None = None,
+    unlabeled: bool = False,
+) -> CalibrationResult:
+    """Choose the policy's threshold on validation outputs.
 
     ``outputs``: :class:`~offramp.evaluate.ExitOutputs` of a validation split (logits, labels, exits,
-    confidence). Exactly one goal:
+    confidence); ``costs`` defaults to ``outputs.costs``. Exactly one goal:
 
-    * ``target_speedup=X``: the slowest grid setting with layer-count speed-up >= X.
+    * ``target_speedup=X``: the slowest grid setting with layer-count speed-up >= X. With
+      ``unlabeled=True`` the labels are not read (none are needed) and no score is recorded.
     * ``rule="beem"``: BEEM's rule, "minimise alpha subject to q_alpha <= p" (slides, *Threshold
       choice*). Here q_alpha is the error rate among the validation inputs that leave before the last
       exit and p the final exit's error rate *on those same inputs* (``compare="same_inputs"``, so
@@ -174,9 +218,59 @@ def calibrate(
     * ``max_drop=D``: the fastest setting whose primary task metric is at least the final exit's
       minus D points (D = 0.5 means 0.5 percentage points).
 
-    BEEM-A (``weights="accuracy"``) gets its weights from the validation accuracy of each exit first;
-    ``temperature_scaling=True`` fits one temperature per exit by NLL before anything else.
+    BEEM-A (``weights="accuracy"``) gets its weights from the validation accuracy of each exit first
+    (:meth:`Policy.fit`); ``temperature_scaling=True`` fits one temperature per exit by NLL before that.
     """
+    _check_goal(target_speedup, rule, max_drop, compare)
+    data = _Split.of(outputs, task, costs)
+    pol = policy_from_config(policy)
+    if pol.needs_confidence and data.confidence is None:
+        raise PolicyError(f"policy {pol.kind!r} reads learned-exit confidences, but these outputs have none")
+    if unlabeled:
+        return _calibrate_unlabeled(
+            data, pol, target_speedup, per_exit, temperature_scaling, grid_size, split
+        )
+    if data.labels is None:
+        raise ValueError(
+            "calibration needs a labelled validation split; these outputs have no labels "
+            "(a speed-up goal can be calibrated without them: unlabeled=True)"
+        )
+    pol, details = _fit_policy(pol, data, temperature_scaling)
+    if per_exit and not (isinstance(pol, BEEM) and rule == "beem"):
+        raise ValueError("per-exit calibration is implemented for the BEEM rule with a beem policy")
+    if rule == "beem":
+        _warn_unless_accuracy(data)
+    if per_exit:
+        assert isinstance(pol, BEEM)
+        chosen = pol.with_threshold(_beem_per_exit(pol, data.logits, data.labels, compare))
+        return _result(chosen, data, "beem", {**details, "compare": compare}, split)
+    chosen, goal = _choose_on_grid(pol, data, target_speedup, max_drop, compare, grid_size)
+    return _result(chosen, data, goal.pop("rule"), {**details, **goal}, split)
+
+
+def _choose_on_grid(
+    pol: Policy,
+    data: _Split,
+    target_speedup: float | None,
+    max_drop: float | None,
+    compare: str,
+    grid_size: int,
+) -> tuple[Policy, dict[str, Any]]:
+    """Sweep the policy's grid and take the setting the goal asks for (no goal given: the BEEM rule)."""
+    swept = sweep(pol, data, data.costs, None, data.task, grid_size)
+    if target_speedup is not None:
+        idx, goal = _speedup_goal(swept, pol, target_speedup)
+    elif max_drop is not None:
+        idx, goal = _accuracy_goal(swept, pol, max_drop, data.final_score()[1])
+    else:
+        idx, goal = _beem_goal(swept, data, compare)
+    value = swept.thresholds[idx]
+    chosen = pol.with_threshold(axis_value(pol, value.tolist() if np.ndim(value) else float(value)))
+    return chosen, {"grid_size": int(len(swept.thresholds)), **goal}
+
+
+def _check_goal(target_speedup: float | None, rule: str | None, max_drop: float | None, compare: str) -> None:
+    """Exactly one valid goal, and a known ``compare``."""
     goals = [g for g in (target_speedup, rule, max_drop) if g is not None]
     if len(goals) != 1:
         raise ValueError("calibrate needs exactly one goal: target_speedup=X, rule='beem' or max_drop=D")
@@ -184,349 +278,241 @@ def calibrate(
         raise ValueError(f"unknown rule {rule!r}; expected 'beem' (or use target_speedup / max_drop)")
     if compare not in ("same_inputs", "overall"):
         raise ValueError(f"compare={compare!r}: expected 'same_inputs' or 'overall'")
-    if outputs.labels is None:
-        raise ValueError("calibration needs a labelled validation split; these outputs have no labels")
-    logits = np.asarray(outputs.logits, dtype=np.float32)
-    labels = np.asarray(outputs.labels)
-    exits = list(outputs.exits)
-    confidence = None if outputs.confidence is None else np.asarray(outputs.confidence, dtype=np.float32)
-    regression = logits.shape[-1] == 1
-    pol = get_policy(policy) if isinstance(policy, str) else policy_from_config(policy)
-    if pol.needs_confidence and confidence is None:
-        raise PolicyError(f"policy {pol.kind!r} reads learned-exit confidences, but these outputs have none")
+    if target_speedup is not None and not target_speedup >= 1.0:
+        raise ValueError(f"target speed-up {target_speedup!r}: expected a ratio >= 1.0 (e.g. 2.0)")
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise ValueError(f"max drop {max_drop!r}: expected points >= 0 (0.5 = half a point)")
 
-    info: dict[str, Any] = {"split": split, "n": int(len(labels)), "exits": exits}
+
+def _fit_policy(pol: Policy, data: _Split, temperature_scaling: bool) -> tuple[Policy, dict[str, Any]]:
+    """Temperatures (when asked) and whatever the policy learns from labels (BEEM-A's weights)."""
+    details: dict[str, Any] = {}
     if temperature_scaling:
-        if regression:
+        if data.regression:
             raise ValueError("temperature scaling needs class probabilities; this is a regression model")
-        pol = _replace(pol, temperatures=fit_temperatures(logits, labels))
+        pol = dataclasses.replace(pol, temperatures=fit_temperatures(data.logits, data.labels))
     if isinstance(pol, BEEM) and pol.weights == "accuracy":
-        pol = _replace(pol, weights=exit_accuracies(logits, labels))
-        info["weights_from"] = "validation accuracy of each exit (BEEM-A)"
-    if per_exit and not (isinstance(pol, BEEM) and rule == "beem"):
-        raise ValueError("per-exit calibration is implemented for the BEEM rule with a beem policy")
-
-    final_pred = logits[-1, :, 0] if regression else logits[-1].argmax(-1)
-    metric, final_score = _scores(task, final_pred[None, :], labels, regression)
-    info.update({"metric": metric, "final_score": float(final_score[0])})
-
-    if per_exit:
-        chosen = _beem_per_exit(pol, logits, labels, compare)
-        info["rule"] = "beem"
-        info["compare"] = compare
-    else:
-        result = sweep(pol, logits, labels, exits, None, confidence, task, multi_model, grid_size)
-        grid, speed, score = result["thresholds"], result["speedup"], result["score"]
-        info["grid_size"] = int(len(grid))
-        if target_speedup is not None:
-            if not target_speedup >= 1.0:
-                raise ValueError(f"target speed-up {target_speedup!r}: expected a ratio >= 1.0 (e.g. 2.0)")
-            ok = speed >= target_speedup - 1e-9
-            if not ok.any():
-                raise ValueError(
-                    f"target speed-up {target_speedup:g}x is out of reach for policy {pol.kind!r} on this "
-                    f"split: its fastest setting gives {speed.max():.2f}x"
-                )
-            idx = _pick(ok, -speed, score)
-            info.update({"rule": "speedup", "target_speedup": float(target_speedup)})
-        elif max_drop is not None:
-            if not (math.isfinite(max_drop) and max_drop >= 0):
-                raise ValueError(f"max drop {max_drop!r}: expected points >= 0 (0.5 = half a point)")
-            ok = score >= final_score[0] - max_drop / 100.0 - 1e-12
-            if not ok.any():
-                raise ValueError(
-                    f"no setting of policy {pol.kind!r} stays within {max_drop:g} points of the final exit"
-                )
-            idx = _pick(ok, speed, score)
-            info.update({"rule": "accuracy", "max_drop": float(max_drop)})
-        else:
-            idx, beem_info = _beem_rule(result, final_pred, labels, regression, compare, len(exits))
-            info.update({"rule": "beem", "compare": compare, **beem_info})
-        chosen = grid[idx]
-        chosen = chosen.tolist() if np.ndim(chosen) else float(chosen)
-    final = pol.with_threshold(_as_axis_value(pol, chosen))
-    sim = simulate(final, logits, None, confidence, regression=regression)
-    info.update(speedup_summary(sim.exit_slot[0], exits, multi_model))
-    info["score"] = float(_scores(task, sim.prediction, labels, regression)[1][0])
-    config = final.to_config()
-    config["calibration"] = info
-    return _jsonable(config)
+        details["weights_from"] = "validation accuracy of each exit (BEEM-A)"
+    return pol.fit(data.logits, data.labels), details
 
 
-def _pick(ok: np.ndarray, primary: np.ndarray, score: np.ndarray) -> int:
-    """Index maximising ``primary`` then ``score`` among ``ok`` rows."""
-    candidates = np.flatnonzero(ok)
-    order = np.lexsort((score[candidates], primary[candidates]))
-    return int(candidates[order[-1]])
+def _calibrate_unlabeled(
+    data: _Split,
+    pol: Policy,
+    target_speedup: float | None,
+    per_exit: bool,
+    temperature_scaling: bool,
+    grid_size: int,
+    split: str | None,
+) -> CalibrationResult:
+    """The speed-up goal on outputs whose labels are not read: only where inputs exit matters."""
+    if target_speedup is None:
+        raise ValueError(
+            "without labels only a speed-up goal can be calibrated (target_speedup=X); the BEEM rule and "
+            "max_drop compare errors and scores, which need labels"
+        )
+    if temperature_scaling or per_exit:
+        raise ValueError(
+            "temperature scaling and per-exit calibration fit to labels; unlabeled=True has none"
+        )
+    if isinstance(pol, BEEM) and pol.weights == "accuracy":
+        raise ValueError(
+            "policy beem-a takes its weights from each exit's validation accuracy, which needs labels; "
+            "use beem (BEEM-C) or a labelled split"
+        )
+    chosen, _ = threshold_for_speedup(
+        pol, data.logits, data.costs, float(target_speedup), data.confidence, grid_size
+    )
+    unlabelled = _Split(data.logits, None, data.confidence, data.exits, data.costs, data.task)
+    details = {"target_speedup": float(target_speedup), "unlabeled": True}
+    return _result(chosen, unlabelled, "speedup", details, split)
 
 
-def _beem_rule(
-    result: dict[str, Any],
-    final_pred: np.ndarray,
-    labels: np.ndarray,
-    regression: bool,
-    compare: str,
-    num_exits: int,
+def _speedup_goal(swept: SweepResult, pol: Policy, target: float) -> tuple[int, dict[str, Any]]:
+    """The slowest setting at or above the target speed-up (the best score among equals)."""
+    ok = swept.speedup >= target - 1e-9
+    if not ok.any():
+        raise ValueError(
+            f"target speed-up {target:g}x is out of reach for policy {pol.kind!r} on this split: its "
+            f"fastest setting gives {swept.speedup.max():.2f}x"
+        )
+    return pick_index(ok, -swept.speedup, swept.score), {"rule": "speedup", "target_speedup": float(target)}
+
+
+def _accuracy_goal(
+    swept: SweepResult, pol: Policy, max_drop: float, final_score: float
 ) -> tuple[int, dict[str, Any]]:
+    """The fastest setting whose score is within ``max_drop`` points of the final exit's."""
+    ok = swept.score >= final_score - max_drop / 100.0 - 1e-12
+    if not ok.any():
+        raise ValueError(
+            f"no setting of policy {pol.kind!r} stays within {max_drop:g} points of the final exit"
+        )
+    return pick_index(ok, swept.speedup, swept.score), {"rule": "accuracy", "max_drop": float(max_drop)}
+
+
+def _errors(prediction: np.ndarray, labels: np.ndarray, regression: bool) -> np.ndarray:
+    """Per-input error: 0/1 misclassification, or squared error for regression."""
+    if regression:
+        return (prediction.astype(np.float64) - labels.astype(np.float64)) ** 2
+    return (prediction != labels).astype(np.float64)
+
+
+def _beem_goal(swept: SweepResult, data: _Split, compare: str) -> tuple[int, dict[str, Any]]:
     """The fastest grid setting whose early-exit error is no higher than the final exit's (see calibrate)."""
-    slots, pred = result["exit_slot"], result["prediction"]
-    early = slots < num_exits - 1
+    assert data.labels is not None
+    early = swept.exit_slot < len(data.exits) - 1
     n_early = early.sum(1)
     denom = np.maximum(n_early, 1)
-    err_early = (_errors(pred, labels, regression) * early).sum(1) / denom
-    final_err = _errors(final_pred, labels, regression)
+    err_early = (_errors(swept.prediction, data.labels, data.regression) * early).sum(1) / denom
+    final_err = _errors(data.final_prediction, data.labels, data.regression)
     if compare == "same_inputs":
         ref = (final_err[None, :] * early).sum(1) / denom
     else:
-        ref = np.full(len(slots), final_err.mean())
+        ref = np.full(len(early), final_err.mean())
     ok = (n_early > 0) & (err_early <= ref + 1e-12)
     if ok.any():
-        idx = _pick(ok, result["speedup"], result["score"])
+        idx = pick_index(ok, swept.speedup, swept.score)
     else:  # nothing early is safe: the setting with the fewest early exits (ideally none)
-        idx = _pick(n_early == n_early.min(), -result["speedup"], result["score"])
+        idx = pick_index(n_early == n_early.min(), -swept.speedup, swept.score)
     return idx, {
+        "rule": "beem",
+        "compare": compare,
         "early_exits": int(n_early[idx]),
         "early_error": float(err_early[idx]),
         "final_error_on_reference": float(ref[idx]),
     }
 
 
+def _warn_unless_accuracy(data: _Split) -> None:
+    """The BEEM rule compares error rates; say so when the task is scored by something else."""
+    metric, _ = data.final_score()
+    if metric != "accuracy":
+        errors = "squared errors" if data.regression else "error rates (misclassifications)"
+        warnings.warn(
+            f"the BEEM rule compares {errors}, but this task is scored by {metric}: the chosen threshold "
+            f"keeps the early exits' errors no higher than the final exit's, not their {metric}",
+            stacklevel=3,
+        )
+
+
 def _beem_per_exit(pol: BEEM, logits: np.ndarray, labels: np.ndarray, compare: str) -> list[float]:
     """Greedy per-exit alphas (see :func:`calibrate`): exit 1 first, each on the inputs still running."""
     num_exits, n = logits.shape[:2]
-    state = pol.init_state(n, num_exits, thresholds=0.0)
-    scores, preds = [], []
-    with torch.no_grad():
-        for k in range(num_exits):  # the policy's own steps: S_k and the prediction an exit would give
-            state, _, pred = pol.step(state, k, ExitOutput(torch.as_tensor(logits[k])))
-            scores.append(state.values["score"][0].double().numpy())
-            preds.append(pred[0].numpy())
-    wrong = np.stack(preds) != labels[None, :]
+    scores, preds = _beem_scores(pol, logits)
+    wrong = preds != labels[None, :]
     final_wrong = logits[-1].argmax(-1) != labels
     running = np.ones(n, dtype=bool)
     never = float(sum(pol.weight(k) for k in range(num_exits)) + 1.0)  # above any reachable S
     alphas = []
     for k in range(num_exits - 1):
         idx = np.flatnonzero(running)
-        if idx.size == 0:
-            alphas.append(never)
-            continue
-        s = scores[k][idx]
-        order = np.argsort(-s, kind="stable")
-        s_sorted = s[order]
-        cum_err = np.cumsum(wrong[k, idx][order])
-        if compare == "same_inputs":
-            cum_ref = np.cumsum(final_wrong[idx][order])
-        else:
-            cum_ref = final_wrong.mean() * np.arange(1, idx.size + 1)
-        # a prefix may only end where the next score is strictly smaller (ties leave together)
-        ends = np.flatnonzero(np.append(s_sorted[1:] < s_sorted[:-1], True))
-        ok = ends[cum_err[ends] <= cum_ref[ends] + 1e-12]
-        if ok.size == 0:
-            alphas.append(never)
-            continue
-        last = int(ok.max())
-        alpha = s_sorted[last] if last + 1 >= idx.size else (s_sorted[last] + s_sorted[last + 1]) / 2
-        alphas.append(float(alpha))
-        running[idx[order[: last + 1]]] = False
+        alpha, leaving = _alpha_for_exit(scores[k][idx], wrong[k, idx], final_wrong, idx, compare)
+        alphas.append(never if alpha is None else alpha)
+        running[idx[leaving]] = False
     alphas.append(0.0)  # the last exit always exits; its alpha is never read
     return alphas
 
 
-def _as_axis_value(pol: Policy, value: Any) -> Any:
-    if isinstance(value, list):
-        return value
-    return int(round(value)) if pol.integer_axis else float(value)
+def _beem_scores(pol: BEEM, logits: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """S_k and the prediction an exit would give, [K][N] and [K, N], from the policy's own steps."""
+    num_exits, n = logits.shape[:2]
+    state = pol.init_state(n, num_exits, thresholds=0.0)
+    scores, preds = [], []
+    with torch.no_grad():
+        for k in range(num_exits):
+            state, _, pred = pol.step(state, k, ExitOutput(torch.as_tensor(logits[k])))
+            scores.append(state.values["score"][0].double().numpy())
+            preds.append(pred[0].numpy())
+    return scores, np.stack(preds)
 
 
-def _replace(pol: Policy, **changes: Any) -> Policy:
-    import dataclasses
+def _alpha_for_exit(
+    s: np.ndarray, wrong: np.ndarray, final_wrong: np.ndarray, idx: np.ndarray, compare: str
+) -> tuple[float | None, np.ndarray]:
+    """The smallest alpha at one exit whose leavers err no more than the final exit (None: no alpha).
 
-    return dataclasses.replace(pol, **changes)
+    ``s`` / ``wrong``: the scores and errors of the running inputs ``idx``; returns the alpha and the
+    positions (into ``idx``) of the inputs that leave with it.
+    """
+    if idx.size == 0:
+        return None, np.zeros(0, dtype=np.int64)
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    cum_err = np.cumsum(wrong[order])
+    if compare == "same_inputs":
+        cum_ref = np.cumsum(final_wrong[idx][order])
+    else:
+        cum_ref = final_wrong.mean() * np.arange(1, idx.size + 1)
+    # a prefix may only end where the next score is strictly smaller (ties leave together)
+    ends = np.flatnonzero(np.append(s_sorted[1:] < s_sorted[:-1], True))
+    ok = ends[cum_err[ends] <= cum_ref[ends] + 1e-12]
+    if ok.size == 0:
+        return None, np.zeros(0, dtype=np.int64)
+    last = int(ok.max())
+    alpha = s_sorted[last] if last + 1 >= idx.size else (s_sorted[last] + s_sorted[last + 1]) / 2
+    return float(alpha), order[: last + 1]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def calibrate_model(model: Any, data: Any, batch_size: int = 64, **kwargs: Any) -> dict[str, Any]:
-    """Collect ``model``'s per-exit outputs on validation ``data``, calibrate, set ``model.config.policy``."""
-    from .evaluate import collect_exit_outputs
-
-    outputs = collect_exit_outputs(model, data, batch_size)
-    kwargs.setdefault("task", getattr(data, "task", None) or getattr(model.config, "task", None))
-    kwargs.setdefault("multi_model", hasattr(model, "members"))
-    result = calibrate(outputs, **kwargs)
-    model.config.policy = result
+def _result(
+    policy: Policy, data: _Split, rule: str, details: dict[str, Any], split: str | None
+) -> CalibrationResult:
+    """Measure the chosen ``policy`` on the split it was calibrated on."""
+    sim = simulate(policy, data.logits, None, data.confidence, regression=data.regression)
+    result = CalibrationResult(
+        policy, rule, split, int(data.logits.shape[1]), list(data.exits), data.costs.summary(sim.exit_slot[0])
+    )
+    result.details = details
+    if data.labels is not None:
+        result.metric, result.final_score = data.final_score()
+        result.score = float(data.scores(sim.prediction)[1][0])
     return result
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Saving and the command line: offramp calibrate
+# A model: collect, check, calibrate, save
 # ---------------------------------------------------------------------------------------------------------
 
 
-def save_policy(model_dir: str | os.PathLike[str], policy: dict[str, Any]) -> Path:
-    """Write ``policy`` into the folder's ``offramp.json`` (``cascade.json`` for a cascade), atomically;
-    the weights are untouched."""
-    from .model import CONFIG_FILE
+def calibrate_model(
+    model: Any, data: Any, batch_size: int = 64, progress: bool = False, **kwargs: Any
+) -> CalibrationResult:
+    """Check ``data`` against ``model``, collect its per-exit outputs, calibrate, set ``model.config.policy``.
 
-    path = Path(model_dir) / CONFIG_FILE
-    if (Path(model_dir) / "cascade.json").is_file():
-        path = Path(model_dir) / "cascade.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} not found; expected a model folder written by `offramp train`"
-        )
-    config = json.loads(path.read_text())
-    config["policy"] = policy
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    ``data``: a :class:`~offramp.data.TextDataset` (labels may be absent with ``unlabeled=True``); a label
+    set, kind or task that does not fit the model is refused before anything runs. ``kwargs`` go to
+    :func:`calibrate`; ``task`` defaults to the data's or the model's.
+    """
+    from .checks import check_data_matches
+    from .evaluate import collect_exit_outputs
 
-
-def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
-    """``offramp calibrate MODEL_DIR ...``: choose and save the model's default exit policy."""
-    from .cli import HEAVY_COMMANDS, add_data_args
-
-    p = sub.add_parser(
-        "calibrate",
-        help=HEAVY_COMMANDS["calibrate"][2],
-        description="Run the model once over a validation split (by default the part of train that "
-        "`offramp train` held out, read from the model folder; never the GLUE dev split, which is the "
-        "evaluation split), simulate the policy over a grid of thresholds, pick one by the chosen goal and "
-        "save it in MODEL_DIR/offramp.json; `offramp predict` and `offramp bench` then use it by default.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="goals:\n"
-        "  --target-speedup X  slowest setting with layer-count speed-up L*N/sum(l(n)) >= X\n"
-        "                      (COSEE eq. 12)\n"
-        "  --rule beem         smallest threshold whose error on the inputs that exit early is no\n"
-        "                      higher than the final exit's error on those inputs (BEEM);\n"
-        "                      --per-exit: one alpha per exit\n"
-        "  --max-drop D        fastest setting within D points (0.5 = half a point) of the final\n"
-        "                      exit's score\n\n"
-        "exit policies (--policy NAME; [axis] is the threshold being calibrated):\n"
-        + describe_policies()
-        + "\n\nexamples:\n"
-        "  offramp calibrate runs/sst2 --task sst2 --target-speedup 2.0 --policy entropy\n"
-        "  offramp calibrate runs/sst2 --task sst2 --rule beem --policy beem-a --per-exit",
-    )
-    p.add_argument("model_dir", help="a folder written by `offramp train`")
-    add_data_args(p)
-    p.add_argument(
-        "--split",
-        help="validation split to calibrate on (default: the rows of train that `offramp train` held out, "
-        "found from the val_size/seed it recorded; with --data-file, the whole file)",
-    )
-    p.add_argument(
-        "--val-size", type=float, help="rows carved from train as validation (default: as recorded)"
-    )
-    p.add_argument("--seed", type=int, help="seed of that carve (default: as recorded)")
-    goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument(
-        "--target-speedup", type=float, metavar="X", help="layer-count speed-up to reach, e.g. 2.0"
-    )
-    goal.add_argument("--rule", choices=["beem"], help="BEEM's threshold rule")
-    goal.add_argument(
-        "--max-drop", type=float, metavar="D", help="allowed drop in points from the final exit"
-    )
-    add_policy_args(p)
-    p.add_argument(
-        "--per-exit", action="store_true", help="one alpha per exit (with --rule beem, BEEM policies)"
-    )
-    p.add_argument(
-        "--temperature-scaling", action="store_true", help="fit one temperature per exit (NLL) first"
-    )
-    p.add_argument(
-        "--compare",
-        choices=["same-inputs", "overall"],
-        default="same-inputs",
-        help="BEEM rule reference: the final exit's error on the early-exited inputs (default) or on all",
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="batch size for the validation pass (64)")
-    p.add_argument("--dry-run", action="store_true", help="print the result, do not save it")
-    p.set_defaults(func=run_calibrate)
-    return p
+    check_data_matches(model, data, need_labels=not kwargs.get("unlabeled", False))
+    outputs = collect_exit_outputs(model, data, batch_size, progress=progress)
+    kwargs.setdefault("task", getattr(data, "task", None) or getattr(model.config, "task", None))
+    result = calibrate(outputs, **kwargs)
+    model.config.policy = result.to_config()
+    return result
 
 
-def validation_data(args: argparse.Namespace, model: Any) -> tuple[Any, str]:
-    """The validation split named on the command line, or the one `offramp train` held out."""
-    from .cli import load_from_args
-    from .data import train_val_split
+def config_file(model_dir: str | os.PathLike[str]) -> Path:
+    """The JSON file of a model folder that holds its policy: ``cascade.json`` or ``offramp.json``."""
+    from .cascade import CascadeConfig
+    from .model import ExitConfig
 
-    if args.task is None and args.data_file is None and args.hf_dataset is None:
-        args.task = getattr(model.config, "task", None)
-    if args.split is not None and args.split != "train":
-        if args.split in ("dev", "validation", "test"):
-            print(
-                f"offramp calibrate: warning: calibrating on the {args.split!r} split; if you also evaluate "
-                "on it, the reported scores will be optimistic",
-                file=sys.stderr,
-            )
-        return load_from_args(args, args.split), args.split
-    if args.split is None and args.val_size is None:
-        if args.data_file is not None:  # a file named explicitly is the validation data
-            return load_from_args(args, "train"), f"file {args.data_file}"
-        if args.hf_dataset is not None:
-            raise ValueError("--hf-dataset needs --split NAME (a validation split, never the evaluation one)")
-    info = getattr(model.config, "info", {}) or {}
-    val_size = args.val_size if args.val_size is not None else info.get("val_size")
-    seed = args.seed if args.seed is not None else info.get("seed")
-    if not val_size or seed is None:
-        raise ValueError(
-            "this model folder records no held-out validation split (info.val_size/seed); pass --split NAME "
-            "or --val-size N --seed S (never the split you evaluate on)"
-        )
-    full = load_from_args(args, "train")
-    size = int(val_size) if float(val_size) >= 1 else float(val_size)
-    _, val = train_val_split(full, size, seed=int(seed))
-    return val, f"train[held-out {len(val)} rows, seed {seed}]"
-
-
-def run_calibrate(args: argparse.Namespace) -> int:
-    """Implementation of ``offramp calibrate``."""
-    from .cascade import load_any
-
-    model = load_any(args.model_dir)
-    data, split = validation_data(args, model)
-    if data.labels is None:
-        raise ValueError(f"the calibration split {split!r} has no labels")
-    policy = policy_from_args(args.policy, args.threshold, args.param)
-    if policy is None:
-        saved = getattr(model.config, "policy", None)
-        policy = policy_from_config(saved) if saved else get_policy("maxprob")
-        if saved:
-            policy = _replace(policy, temperatures=None)
-    result = calibrate_model(
-        model,
-        data,
-        batch_size=args.batch_size,
-        policy=policy,
-        target_speedup=args.target_speedup,
-        rule=args.rule,
-        max_drop=args.max_drop,
-        per_exit=args.per_exit,
-        temperature_scaling=args.temperature_scaling,
-        compare=args.compare.replace("-", "_"),
-        split=split,
+    for config_class in (CascadeConfig, ExitConfig):  # the order load_any tries them
+        path = Path(model_dir) / config_class.FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{str(Path(model_dir) / ExitConfig.FILE)!r} not found; expected a model folder written by "
+        "`offramp train`"
     )
-    cal = result["calibration"]
-    print(
-        f"{result['name']} {json.dumps(result['params'])}: speed-up {cal['speedup']:.2f}x "
-        f"({100 * cal['saved_layers']:.0f}% layers saved), {cal['metric']} {cal['score']:.4f} "
-        f"vs final exit {cal['final_score']:.4f} on {split}",
-        file=sys.stderr,
-    )
-    if args.dry_run:
-        print(json.dumps(result, indent=2))
-    else:
-        path = save_policy(args.model_dir, result)
-        print(f"saved as the default policy in {path}", file=sys.stderr)
-    return 0
+
+
+def save_policy(model_dir: str | os.PathLike[str], policy: CalibrationResult | dict[str, Any]) -> Path:
+    """Write ``policy`` into the folder's config file (see :func:`config_file`) atomically; the weights
+    are untouched."""
+    path = config_file(model_dir)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["policy"] = policy.to_config() if isinstance(policy, CalibrationResult) else policy
+    return write_json_atomic(path, config)

@@ -4,7 +4,7 @@ A :class:`CascadeModel` holds K single-exit :class:`MultiExitModel` members of d
 each fine-tuned alone. For cached evaluation and simulation it looks like a multi-exit model:
 ``forward`` returns a :class:`MultiExitOutput` with member k's logits in row k, ``exits`` are the member
 depths, and ``config.policy`` holds a calibrated policy. What differs is the cost of exiting at member
-k: every member up to k ran, so it is l_1 + … + l_k layers (:attr:`CascadeModel.costs`; SWEET App. A).
+k: every member up to k ran, so it is l_1 + … + l_k layers (:attr:`CascadeModel.exit_costs`; SWEET App. A).
 
 On disk: a folder with ``cascade.json``, the tokenizer (once), and ``member-1`` … ``member-K`` written by
 ``MultiExitModel.save``; written to a temporary sibling folder and renamed into place.
@@ -12,25 +12,26 @@ On disk: a folder with ``cascade.json``, the tokenizer (once), and ``member-1`` 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from .backbones import adapter_class
 from .io import atomic_dir
+from .metrics import ExitCosts
 from .model import (
     BACKBONE_ALIASES,
     ExitConfig,
+    ModelConfig,
     ModelLoadError,
     MultiExitModel,
     MultiExitOutput,
-    config_from_dict,
     natural_pooling,
     resolve_backbone,
 )
@@ -39,30 +40,15 @@ CASCADE_FILE = "cascade.json"
 CASCADE_FORMAT_VERSION = 1
 
 
-@dataclass
-class CascadeConfig:
-    """What a cascade needs besides its members: the task, the member depths, and a calibrated policy."""
+@dataclass(kw_only=True)
+class CascadeConfig(ModelConfig):
+    """What a cascade needs besides its members: the task, the member depths (``exits``), a policy."""
 
-    exits: list[int]
-    num_labels: int
-    problem_type: str = "classification"
     backbone: str | None = None
     head: str | None = None
-    learned_exit: bool = False
-    label_names: list[str] | None = None
-    task: str | None = None
-    max_length: int = 128
-    #: Calibrated exit policy ({"name": ..., "params": {...}}), as in ``ExitConfig.policy``.
-    policy: dict[str, Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
     format_version: int = CASCADE_FORMAT_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CascadeConfig:
-        return config_from_dict(cls, data, CASCADE_FILE)
+    FILE: ClassVar[str] = CASCADE_FILE
 
 
 class CascadeModel(nn.Module):
@@ -121,13 +107,9 @@ class CascadeModel(nn.Module):
         return self.config.exits[-1]
 
     @property
-    def costs(self) -> list[int]:
+    def exit_costs(self) -> ExitCosts:
         """Layers run to answer at member k: l_1 + … + l_k (every earlier member ran too)."""
-        out, total = [], 0
-        for layers in self.config.exits:
-            total += layers
-            out.append(total)
-        return out
+        return ExitCosts.cascade(self.config.exits)
 
     @property
     def is_regression(self) -> bool:
@@ -216,25 +198,11 @@ def truncate_backbone(model: MultiExitModel, depth: int) -> MultiExitModel:
 
     Works for families whose layers are distinct modules in one ``ModuleList`` (BERT, RoBERTa,
     ELECTRA, DistilBERT, MPNet, DeBERTa-v2); the backbone config's layer count is updated so the saved
-    folder reloads at that depth. ALBERT shares weights across layers and is left whole (its extra
-    layers are simply never run).
+    folder reloads at that depth. Families that share weights across layers (ALBERT) are left whole
+    (their extra layers are simply never run); see ``BackboneAdapter.truncate``.
     """
-    adapter = model.adapter
-    if depth >= adapter.num_layers or model.depth > depth:
-        return model
-    layers = adapter.layers()
-    if len(layers) != adapter.num_layers or getattr(adapter.config, "model_type", "") == "albert":
-        return model
-    for parent in model.backbone.modules():
-        for name, child in parent.named_children():
-            if (
-                isinstance(child, nn.ModuleList)
-                and len(child) == len(layers)
-                and all(a is b for a, b in zip(child, layers, strict=True))
-            ):
-                setattr(parent, name, nn.ModuleList(list(child)[:depth]))
-                model.backbone.config.num_hidden_layers = depth
-                return model
+    if model.depth <= depth:
+        model.adapter.truncate(depth)
     return model
 
 
@@ -247,7 +215,8 @@ def truncated_member(
         config = AutoConfig.from_pretrained(path)
         if depth > config.num_hidden_layers:
             raise ValueError(f"member depth {depth} exceeds the backbone's {config.num_hidden_layers} layers")
-        if getattr(config, "model_type", "") != "albert":
+        family = adapter_class(getattr(config, "model_type", None))
+        if family is not None and not family.shares_layers:
             config.num_hidden_layers = depth
         encoder = AutoModel.from_pretrained(path, config=config)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,48 +1,29 @@
-"""Early-exit inference: offline simulation over cached logits, and the live runtime that really stops.
+"""The live early-exit runtime: inputs really stop computing when they leave.
 
-* :func:`simulate` replays a policy over every exit's cached logits [K, N, C] for a whole grid of
-  thresholds at once (sweeps, calibration, COSEE's training-time exit simulation).
 * :class:`EarlyExitEngine` runs a model layer by layer through its backbone adapter, evaluates exit
   heads only at exit layers and only for the rows still running, and drops the rows that left
   (compaction) before the next layer; at batch size 1 it simply stops. It also runs multi-model
   cascades (``CascadeModel``: ``members`` each with one exit; later members start again from the
   embeddings for the rows left).
 
-Both call the same ``policy.step`` (see :mod:`offramp.policies`), so a simulated sweep and live
-inference take identical exits and predictions (``tests/test_engine.py`` holds them to it).
+It calls the same ``policy.step`` as :func:`offramp.simulate.simulate` (see :mod:`offramp.policies`), so
+a simulated sweep and live inference take identical exits and predictions (``tests/test_engine.py``
+holds them to it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .cascade import load_any
-from .policies import (
-    ExitOutput,
-    Policy,
-    PolicyError,
-    PolicyState,
-    describe_policies,
-    get_policy,
-    policy_from_config,
-)
+from .cascade import CascadeModel
+from .model import ExitModel
+from .policies import ExitOutput, Policy, PolicyError, PolicyState, get_policy, policy_from_config
 
 Tensor = torch.Tensor
-
-#: Families whose layers mix positions only through masked attention (absolute positions are added
-#: once in the embeddings; relative positions depend on i - j only), so dropping trailing all-padding
-#: columns after compaction leaves every real token's output unchanged.
-TRIM_SAFE_MODEL_TYPES = frozenset(
-    {"bert", "roberta", "electra", "xlm-roberta", "camembert", "albert", "distilbert", "mpnet", "deberta-v2"}
-)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,7 +96,7 @@ def _final_exit_policy(num_exits: int) -> Policy:
 
 
 def resolve_policy(
-    model: Any, policy: Policy | str | dict[str, Any] | None = None, threshold: Any = None
+    model: ExitModel, policy: Policy | str | dict[str, Any] | None = None, threshold: Any = None
 ) -> Policy:
     """The policy a call runs: the one given (name, config dict or object), else ``model.config.policy``,
     else the final exit; ``threshold`` replaces the value on the policy's threshold axis."""
@@ -124,8 +105,10 @@ def resolve_policy(
         resolved = policy_from_config(saved) if saved else _final_exit_policy(len(model.exits))
     elif isinstance(policy, str):
         resolved = get_policy(policy)
+    elif isinstance(policy, Policy):
+        resolved = policy
     else:
-        resolved = _resolve(policy)
+        resolved = policy_from_config(policy)
     if threshold is not None:
         resolved = resolved.with_threshold(threshold)
     return resolved
@@ -137,12 +120,14 @@ class EarlyExitEngine:
     ``engine.predict(texts, policy=..., threshold=...)`` tokenises, sorts by length, batches, and runs
     each batch layer by layer: heads only at exit layers, only for rows still running, exited rows
     removed before the next layer (with trailing all-padding columns trimmed when that is exactly
-    equivalent, see ``TRIM_SAFE_MODEL_TYPES``). The policy and threshold may change on every call.
+    equivalent, see ``BackboneAdapter.trim_safe``). The policy and threshold may change on every call.
     """
 
-    def __init__(self, model: Any, device: str | torch.device | None = None, max_length: int | None = None):
+    def __init__(
+        self, model: ExitModel, device: str | torch.device | None = None, max_length: int | None = None
+    ):
         self.model = model
-        self.is_cascade = hasattr(model, "members")
+        self.is_cascade = isinstance(model, CascadeModel)
         self.members = list(model.members) if self.is_cascade else [model]
         if device is not None:
             for member in self.members:
@@ -166,57 +151,40 @@ class EarlyExitEngine:
             self._exit_slot = {}
         else:
             self._exit_slot = {layer: k for k, layer in enumerate(self.exits)}
-        self._trim = [m.adapter.config.model_type in TRIM_SAFE_MODEL_TYPES for m in self.members]
+        self._trim = [m.adapter.trim_safe for m in self.members]
         self._pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
 
     # -- inputs --------------------------------------------------------------------------------------
     def encode(self, inputs: Any) -> list[dict[str, list[int]]]:
         """Tokenise texts (strings, (a, b) pairs, a TextDataset) or unpad a tokenised batch dict."""
+        from .data.batching import encode_texts
+
         if isinstance(inputs, dict):
             return _unpad(inputs)
         texts = getattr(inputs, "texts", inputs)
-        if isinstance(texts, str):
-            texts = [texts]
-        rows = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
+        rows = [texts] if isinstance(texts, str) else list(texts)
         if not rows:
             return []
-        widths = {len(r) for r in rows}
-        if len(widths) != 1 or not widths <= {1, 2}:
-            raise ValueError(
-                f"inputs hold {sorted(widths)} texts per row; expected 1 (single) or 2 (pair) in every row"
-            )
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass a tokenised batch dict instead of texts")
-        first = [r[0] for r in rows]
-        second = [r[1] for r in rows] if widths == {2} else None
-        enc = self.tokenizer(first, second, truncation=True, max_length=self.max_length)
-        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-        return [{k: enc[k][i] for k in keys} for i in range(len(rows))]
+        source = getattr(inputs, "source", None)
+        features = encode_texts(self.tokenizer, rows, self.max_length, source=source, stacklevel=3)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+        return [{k: f[k] for k in keys} for f in features]
 
     def prepare(self, inputs: Any, batch_size: int = 32, sort_by_length: bool = True) -> PreparedInputs:
         """Tokenise and cut into padded tensors once, so repeated runs (benchmarks) skip that work."""
+        from .data.batching import pad_features
+
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected a positive integer")
         features = self.encode(inputs)
         lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(features))
-        has_types = bool(features) and "token_type_ids" in features[0]
         batches = []
-        for start in range(0, len(order), batch_size):
+        for start in range(0, len(order), batch_size):  # data preparation, outside the timed runtime
             rows = order[start : start + batch_size]
-            width = int(lengths[rows].max())
-            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            types = np.zeros((len(rows), width), dtype=np.int64) if has_types else None
-            for j, r in enumerate(rows.tolist()):  # data preparation, outside the timed runtime
-                n = lengths[r]
-                ids[j, :n] = features[r]["input_ids"]
-                mask[j, :n] = 1
-                if types is not None:
-                    types[j, :n] = features[r]["token_type_ids"]
-            batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-            if types is not None:
-                batch["token_type_ids"] = torch.from_numpy(types)
+            batch = pad_features([features[r] for r in rows.tolist()], self._pad_id)  # right-padded
             batch["rows"] = torch.from_numpy(rows.astype(np.int64))
             batches.append(batch)
         return PreparedInputs(batches, len(features), batch_size)
@@ -400,157 +368,3 @@ def _unpad(batch: dict[str, Any]) -> list[dict[str, list[int]]]:
             row["token_type_ids"] = torch.as_tensor(types)[i][mask[i]].tolist()
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: offramp predict
-# ---------------------------------------------------------------------------------------------------------
-
-POLICY_HELP = (
-    "exit policies (--policy NAME; [axis] is what --threshold sets):\n"
-    + describe_policies()
-    + "\n\nWithout --policy the model's calibrated policy (`offramp calibrate`) is used, else the final exit."
-)
-
-
-def parse_threshold(text: str | None) -> float | list[float] | None:
-    """``"0.9"`` -> 0.9; ``"0.5,0.6,0.7"`` -> one value per exit."""
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--threshold {text!r}: expected a number, or comma-separated numbers (one per exit)"
-        ) from None
-    if not values:
-        raise ValueError(f"--threshold {text!r}: expected a number")
-    return values[0] if len(values) == 1 else values
-
-
-def parse_params(items: Sequence[str]) -> dict[str, Any]:
-    """``["t=3", "signal=entropy", "ensemble=true"]`` -> typed values (JSON where it parses, else text)."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE, e.g. t=3 or signal=entropy")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        params[key.strip()] = value
-    return params
-
-
-def policy_from_args(policy: str | None, threshold: str | None, params: Sequence[str]) -> Policy | None:
-    """The policy asked for on the command line, or None for the model's own."""
-    extra = parse_params(params)
-    if policy is None:
-        if extra:
-            raise ValueError("--param needs --policy NAME (the parameters belong to a policy)")
-        return None
-    pol = get_policy(policy, **extra)
-    value = parse_threshold(threshold)
-    return pol.with_threshold(value) if value is not None else pol
-
-
-def add_policy_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("exit policy")
-    g.add_argument(
-        "--policy", metavar="NAME", help="exit policy by name (list below); default: the model's own"
-    )
-    g.add_argument(
-        "--threshold",
-        metavar="X",
-        help="value on the policy's threshold axis (tau, t, alpha or k); comma-separated for one per exit",
-    )
-    g.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another policy parameter, e.g. t=3, signal=entropy, ensemble=true, weights=[0.7,0.8,0.9]",
-    )
-
-
-def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
-    """``offramp predict MODEL_DIR [FILE]``: JSONL with label, probabilities and exit layer per input."""
-    from .cli import HEAVY_COMMANDS
-
-    p = sub.add_parser(
-        "predict",
-        help=HEAVY_COMMANDS["predict"][2],
-        description="Label texts with early exit. Input: a file with one text per line (or stdin); for pair "
-        "tasks (MRPC, RTE, ...) each line is 'sentence1<TAB>sentence2'. Output: one JSON object per "
-        "line: label, label_id, probabilities, exit_layer, layers_run (regression: prediction).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=POLICY_HELP + "\n\nexamples:\n  offramp predict runs/sst2 reviews.txt\n"
-        "  echo 'a gripping film' | offramp predict runs/sst2 --policy entropy --threshold 0.3",
-    )
-    p.add_argument("model_dir", help="a folder written by `offramp train` (or a cascade folder)")
-    p.add_argument(
-        "input", nargs="?", default="-", help="text file, one input per line ('-' or omitted: stdin)"
-    )
-    p.add_argument("--output", "-o", help="write JSONL here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
-    add_policy_args(p)
-    p.set_defaults(func=run_predict)
-    return p
-
-
-def read_inputs(path: str, pair: bool | None) -> tuple[list[Any], list[int]]:
-    """Non-blank lines of ``path`` (``-`` = stdin) and their 1-based line numbers; pairs split at TAB."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"input file {path!r} not found; expected a text file, one input per line"
-            ) from None
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    if not numbered:
-        raise ValueError(f"no inputs in {'stdin' if path == '-' else repr(path)}: expected one text per line")
-    if pair is None:
-        pair = all("\t" in line for _, line in numbered)
-    texts: list[Any] = []
-    for number, line in numbered:
-        if pair:
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise ValueError(
-                    f"line {number} has {len(parts)} tab-separated fields; this pair task expects "
-                    "'sentence1<TAB>sentence2'"
-                )
-            texts.append((parts[0], parts[1]))
-        else:
-            texts.append(line)
-    return texts, [n for n, _ in numbered]
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Implementation of ``offramp predict``."""
-    model = load_any(args.model_dir)
-    policy = policy_from_args(args.policy, args.threshold, args.param)
-    if policy is None and args.threshold is not None:
-        policy = resolve_policy(model, None, parse_threshold(args.threshold))
-    pair = None
-    task = getattr(model.config, "task", None)
-    if task:
-        from .data import get_task_spec
-
-        pair = len(get_task_spec(task).text_columns) == 2
-    texts, numbers = read_inputs(args.input, pair)
-    engine = EarlyExitEngine(model)
-    result = engine.predict(texts, policy=policy, batch_size=args.batch_size)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for number, record in zip(numbers, result.records(), strict=True):
-            out.write(json.dumps({"line": number, **record}) + "\n")
-    finally:
-        if args.output:
-            out.close()
-    return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import TextDataset, make_loader
-from .metrics import primary_metric, task_metrics
-from .model import MultiExitModel
+from .io import replace_file_atomic
+from .metrics import ExitCosts, exit_predictions, primary_metric, task_metrics
+from .model import ExitModel, MultiExitModel
+
+#: Files whose content defines what a model folder computes (a change invalidates cached outputs).
+CONFIG_FILES = ("offramp.json", "cascade.json", "backbone_config.json")
 
 
 @dataclass
@@ -22,8 +28,10 @@ class ExitOutputs:
     """Every exit's outputs on a split, in dataset order.
 
     ``logits``: [K, N, C] float32; ``confidence``: [K, N] learned-exit logits or None;
-    ``labels``: [N] or None for unlabelled data; ``exits``: the exit layers; ``fingerprint``: what
-    the outputs were computed from (see :func:`outputs_fingerprint`), so a cache can tell it is stale.
+    ``labels``: [N] or None for unlabelled data; ``exits``: the exit layers; ``exit_costs``: the layers an
+    input leaving at each exit cost (None: the exit layers, a multi-exit model; a cascade sums its members'
+    depths); ``fingerprint``: what the outputs were computed from (see :func:`outputs_fingerprint`), so a
+    cache can tell it is stale.
     """
 
     logits: np.ndarray
@@ -31,19 +39,35 @@ class ExitOutputs:
     exits: list[int]
     confidence: np.ndarray | None = None
     fingerprint: str | None = None
+    exit_costs: list[int] | None = None
 
-    def save(self, path: str) -> None:
+    @property
+    def costs(self) -> ExitCosts:
+        """The cost model of the exits (see :class:`~offramp.metrics.ExitCosts`)."""
+        if self.exit_costs is None:
+            return ExitCosts.of_exits(self.exits)
+        return ExitCosts(tuple(int(c) for c in self.exit_costs), int(self.exits[-1]))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a compressed ``.npz`` (no pickled objects), atomically."""
         arrays = {"logits": self.logits, "exits": np.asarray(self.exits)}
+        if self.exit_costs is not None:
+            arrays["exit_costs"] = np.asarray(self.exit_costs)
         if self.fingerprint is not None:
             arrays["fingerprint"] = np.asarray(self.fingerprint)
         if self.labels is not None:
             arrays["labels"] = self.labels
         if self.confidence is not None:
             arrays["confidence"] = self.confidence
-        np.savez_compressed(path, **arrays)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+        replace_file_atomic(path, write)
 
     @classmethod
-    def load(cls, path: str) -> ExitOutputs:
+    def load(cls, path: str | os.PathLike[str]) -> ExitOutputs:
         with np.load(path, allow_pickle=False) as data:
             return cls(
                 logits=data["logits"],
@@ -51,18 +75,22 @@ class ExitOutputs:
                 exits=[int(v) for v in data["exits"]],
                 confidence=data["confidence"] if "confidence" in data else None,
                 fingerprint=str(data["fingerprint"]) if "fingerprint" in data else None,
+                exit_costs=[int(v) for v in data["exit_costs"]] if "exit_costs" in data else None,
             )
 
 
 def outputs_fingerprint(model_dir: str | os.PathLike[str], data: TextDataset, max_length: int) -> str:
-    """SHA-256 of the inputs, labels, truncation length and the saved weights' size and mtime.
+    """SHA-256 of the inputs, labels, truncation length, the model's config files and the saved weights.
 
     Two evaluations with the same fingerprint ran the same weights over the same rows, so cached exit
     outputs can be reused; anything else (another file with as many rows, retrained weights, a new
-    ``max_length``) changes it.
+    ``max_length``, edited exits or heads in ``offramp.json``) changes it. Weights count by size and mtime.
     """
     h = hashlib.sha256()
     h.update(json.dumps([data.texts, data.labels, max_length], default=str).encode())
+    for config in sorted(Path(model_dir).rglob("*.json")):
+        if config.name in CONFIG_FILES:
+            h.update(f"{config.relative_to(model_dir)}:".encode() + config.read_bytes())
     for weights in sorted(Path(model_dir).rglob("*.safetensors")):
         st = weights.stat()
         h.update(f"{weights.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -71,7 +99,7 @@ def outputs_fingerprint(model_dir: str | os.PathLike[str], data: TextDataset, ma
 
 @torch.no_grad()
 def collect_exit_outputs(
-    model: MultiExitModel,
+    model: ExitModel,
     data: TextDataset,
     batch_size: int = 128,
     max_length: int | None = None,
@@ -98,12 +126,8 @@ def collect_exit_outputs(
         labels=labels,
         exits=list(model.exits),
         confidence=torch.cat(confidence, dim=1).numpy() if confidence else None,
+        exit_costs=list(model.exit_costs.costs),
     )
-
-
-def exit_predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
-    """Predictions from logits [..., C]: argmax, or the value itself for regression."""
-    return logits[..., 0] if regression else logits.argmax(-1)
 
 
 def scores_from_outputs(outputs: ExitOutputs, task: str | None, regression: bool) -> list[dict]:
@@ -132,3 +156,57 @@ def selection_score(scores: list[dict], select_by: str) -> float:
     if select_by == "last":
         return float(scores[-1]["score"])
     return float(np.mean([s["score"] for s in scores]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The exit-output cache: one pass over a split, reused while the model folder and the rows are unchanged
+# ---------------------------------------------------------------------------------------------------------
+
+
+def data_name(data: TextDataset, fallback: str | None = None) -> str:
+    """A short, file-name-safe name for ``data``: its task, else the file (or dataset) it came from.
+
+    Used to name ``exit_outputs_<name>_<split>.npz`` and ``eval_<name>_<split>.json``, so two data files
+    evaluated with one model get two names instead of both being called "data".
+    """
+    name = data.task
+    if not name and data.source:
+        name = Path(str(data.source).split("[")[0]).stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name or fallback or "data").strip("-.")
+    return name or "data"
+
+
+def cache_path(model_dir: str | os.PathLike[str], name: str, split: str) -> Path:
+    """Where a split's exit outputs are cached: ``MODEL_DIR/exit_outputs_<name>_<split>.npz``."""
+    return Path(model_dir) / f"exit_outputs_{name}_{split}.npz"
+
+
+def cached_exit_outputs(
+    model: ExitModel,
+    model_dir: str | os.PathLike[str],
+    data: TextDataset,
+    cache: str | os.PathLike[str] | None,
+    batch_size: int = 128,
+    progress: bool = False,
+    use_cache: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[ExitOutputs, bool]:
+    """Every exit's outputs on ``data``, from ``cache`` when it was computed from the same rows and model.
+
+    A cache whose :func:`outputs_fingerprint` differs (other rows, weights, max length or config files) is
+    recomputed (``notify`` hears why, in one line); ``use_cache=False`` always recomputes. Fresh outputs are
+    written to ``cache`` atomically (None: no cache file at all). Returns ``(outputs, came_from_cache)``.
+    """
+    path = None if cache is None else Path(cache)
+    fingerprint = outputs_fingerprint(model_dir, data, model.config.max_length)
+    if path is not None and use_cache and path.is_file():
+        outputs = ExitOutputs.load(path)
+        if outputs.fingerprint == fingerprint:
+            return outputs, True
+        if notify is not None:
+            notify(f"{path.name} was computed from other data, weights or settings: recomputing it")
+    outputs = collect_exit_outputs(model, data, batch_size, progress=progress)
+    outputs.fingerprint = fingerprint
+    if path is not None:
+        outputs.save(path)
+    return outputs, False

@@ -86,3 +86,96 @@ def replace_file_atomic(path: str | os.PathLike[str], write: Any) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class FolderBusyError(OSError):
+    """Another process holds the lock of an output folder."""
+
+
+@contextmanager
+def folder_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``target`` (a hidden ``.NAME.lock`` file beside it) while writing it.
+
+    A second writer fails at once with :class:`FolderBusyError` naming the holder's pid, instead of both
+    running for an hour and the last one silently winning. The lock is an OS-level ``flock``, released
+    however the holder exits, so a killed run never leaves a stale lock; the file is removed on release.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.with_name(f".{target.name}.lock")
+    fh = _acquire(path, target)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        fh.close()
+
+
+def _acquire(path: Path, target: Path) -> Any:
+    """Open and flock ``path``; retry when the file was replaced meanwhile (a holder removed it)."""
+    import fcntl
+
+    while True:
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise FolderBusyError(
+                f"{str(target)!r} is being written by another offramp process (pid {holder}); wait for it "
+                "to finish or choose another output folder"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            return fh
+        fh.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Hidden temporaries of ``target`` (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``) whose process died."""
+    target = Path(target)
+    found = []
+    if not target.parent.is_dir():
+        return found
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name.rsplit(f".{kind}-", 1)[1].split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                found.append(path)
+    return sorted(found)
+
+
+def tree_size(path: str | os.PathLike[str]) -> int:
+    """Bytes in the files under ``path`` (a file's own size for a file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def human_size(size: float) -> str:
+    """``93323264`` -> ``'89 MB'``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit != "GB" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -24,6 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from .backbones import BackboneAdapter, adapter_for
 from .io import atomic_dir
+from .metrics import ExitCosts
 
 CONFIG_FILE = "offramp.json"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
@@ -53,10 +55,53 @@ BACKBONE_ALIASES = {"minilm-l6": _minilm_path}
 
 
 def resolve_backbone(name: str) -> str:
-    """A short alias (``minilm-l6``) to its local folder; anything else (hub name, path) unchanged."""
+    """A short alias (``minilm-l6``) to its local folder; a local folder or a hub name unchanged.
+
+    Fails fast, before transformers spends ~30 s in retries: a name that is neither a short name, a local
+    folder, a model in the Hugging Face cache, nor reachable on the hub is an error listing the short names.
+    """
     if name in BACKBONE_ALIASES:
         return BACKBONE_ALIASES[name]()
-    return name
+    if Path(name).exists():
+        return name
+    short = ", ".join(BACKBONE_ALIASES)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(
+            f"cannot load backbone {name!r}: no such folder; expected a local folder, a short name "
+            f"({short}) or a hub name like 'bert-base-uncased'"
+        )
+    if _in_hub_cache(name) or _hub_reachable():
+        return name
+    raise ModelLoadError(
+        f"cannot load backbone {name!r}: not a short name ({short}), not a local folder, not in the "
+        "Hugging Face cache, and the hub cannot be reached (offline)"
+    )
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt to the hub (no retries); False when offline mode is set."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def natural_pooling(path: str) -> str:
@@ -91,8 +136,38 @@ def config_from_dict(cls: type[Any], data: dict[str, Any], file_name: str) -> An
     return cls(**data)
 
 
-@dataclass
-class ExitConfig:
+@dataclass(kw_only=True)
+class ModelConfig:
+    """What every model folder records besides weights: exits, labels, task, saved policy, provenance.
+
+    Shared by :class:`ExitConfig` (``offramp.json``) and the cascade's config (``cascade.json``).
+    """
+
+    exits: list[int]
+    num_labels: int
+    problem_type: str = "classification"
+    learned_exit: bool = False
+    label_names: list[str] | None = None
+    task: str | None = None
+    max_length: int = 128
+    #: Calibrated exit policy saved with the model ({"name": ..., "params": {...}}); used by default.
+    policy: dict[str, Any] | None = None
+    #: Free-form provenance (training scheme, seed, data source and sizes, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    #: The JSON file of the folder this config lives in.
+    FILE: ClassVar[str] = CONFIG_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return config_from_dict(cls, data, cls.FILE)
+
+
+@dataclass(kw_only=True)
+class ExitConfig(ModelConfig):
     """Everything needed to rebuild a MultiExitModel besides its weights.
 
     ``exits`` are 1-based layer indices (an exit after layer 1 is ``1``); the last exit is the
@@ -100,27 +175,32 @@ class ExitConfig:
     """
 
     backbone: str
-    num_labels: int
-    exits: list[int]
     head: str = "mean"
-    problem_type: str = "classification"
     dropout: float = 0.1
-    learned_exit: bool = False
-    label_names: list[str] | None = None
-    task: str | None = None
-    max_length: int = 128
-    #: Calibrated exit policy saved with the model ({"name": ..., "params": {...}}); used by default.
-    policy: dict[str, Any] | None = None
-    #: Free-form provenance (training scheme, seed, data sizes, ...).
-    info: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExitConfig:
-        return config_from_dict(cls, data, CONFIG_FILE)
+class ExitModel(Protocol):
+    """What the runtime, evaluation and calibration need of a model: a multi-exit model or a cascade."""
+
+    config: ModelConfig
+    tokenizer: Any
+
+    @property
+    def exits(self) -> list[int]: ...
+
+    @property
+    def num_exits(self) -> int: ...
+
+    @property
+    def is_regression(self) -> bool: ...
+
+    @property
+    def exit_costs(self) -> ExitCosts: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self) -> Any: ...
 
 
 def parse_exits(spec: str | list[int] | None, num_layers: int) -> list[int]:
@@ -143,7 +223,18 @@ def parse_exits(spec: str | list[int] | None, num_layers: int) -> list[int]:
         raise ValueError(f"exit layer(s) {bad} out of range: this backbone has layers 1..{num_layers}")
     if len(set(layers)) != len(layers):
         raise ValueError(f"bad exit list {spec!r}: a layer is listed twice")
-    return sorted(layers)
+    if layers != sorted(layers):
+        raise ValueError(
+            f"bad exit list {spec!r}: expected increasing layer numbers like '1,3,6' (the last exit is the "
+            "final classifier; layers after it never run)"
+        )
+    if layers[-1] < num_layers:
+        warnings.warn(
+            f"the last exit is after layer {layers[-1]}, so layers {layers[-1] + 1}..{num_layers} of the "
+            "backbone never run (the model is a shallower one)",
+            stacklevel=2,
+        )
+    return layers
 
 
 class ExitHead(nn.Module):
@@ -283,6 +374,11 @@ class MultiExitModel(nn.Module):
     def depth(self) -> int:
         """Layers actually run: up to the last exit."""
         return self.config.exits[-1]
+
+    @property
+    def exit_costs(self) -> ExitCosts:
+        """Layers an input leaving at each exit costs: the exit's own layer."""
+        return ExitCosts.of_exits(self.config.exits)
 
     @property
     def is_regression(self) -> bool:

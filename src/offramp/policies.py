@@ -199,6 +199,15 @@ class Policy:
         """The policy's own value on its threshold axis (None when only a grid will be given)."""
         return getattr(self, self.axis)
 
+    def fit(self, logits: Any, labels: Any) -> Policy:
+        """The policy with whatever it learns from labelled validation outputs filled in (a hook).
+
+        ``logits`` [K, N, C], ``labels`` [N]. The base policy learns nothing and returns itself; BEEM-A
+        takes its expert weights from each exit's accuracy. Calibration and reports both call this, so the
+        fitting lives in one place.
+        """
+        return self
+
     def with_threshold(self, value: float | int | Sequence[float] | None) -> Policy:
         """A copy with another value on the threshold axis (same kind, other parameters kept)."""
         if isinstance(value, Sequence) and not isinstance(value, str):
@@ -598,7 +607,7 @@ class BEEM(Policy):
     S_k = w_k C_k (the paper's rule, not its released code, which resets S to 0); C_k = max-prob.
     Leave when S_k >= alpha (one alpha, or a list with one per exit); higher alpha is slower.
     ``weights="cost"`` is BEEM-C, w_k = lam * k (k = 1-based exit number, lam = 0.1 in the paper);
-    BEEM-A passes the validation accuracy of each exit as a list (see ``calibrate.exit_accuracies``).
+    BEEM-A passes the validation accuracy of each exit as a list (:meth:`fit` measures it).
     """
 
     alpha: float | list[float] | None = None
@@ -637,12 +646,20 @@ class BEEM(Policy):
         if self.weights == "accuracy":
             raise PolicyError(
                 "BEEM-A needs weights=[accuracy of exit 1, ..., exit K] measured on a validation split: "
-                "run `offramp calibrate MODEL_DIR --rule beem --policy beem-a` or calibrate.exit_accuracies"
+                "run `offramp calibrate MODEL_DIR --rule beem --policy beem-a` or Policy.fit(logits, labels)"
             )
         if isinstance(self.weights, list) and len(self.weights) != num_exits:
             raise PolicyError(
                 f"{len(self.weights)} BEEM weights for a model with {num_exits} exits; expected one per exit"
             )
+
+    def fit(self, logits: Any, labels: Any) -> Policy:
+        """BEEM-A (``weights="accuracy"``): w_k = the validation accuracy of exit k; otherwise unchanged."""
+        if self.weights != "accuracy":
+            return self
+        z, y = torch.as_tensor(logits), torch.as_tensor(labels)
+        accuracy = (z.argmax(-1) == y.unsqueeze(0)).double().mean(1)
+        return dataclasses.replace(self, weights=[float(v) for v in accuracy])
 
     def threshold_hint(self) -> str:
         return "alpha >= 0; an input leaves once its summed score S_k >= alpha; higher alpha = slower"

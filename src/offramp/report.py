@@ -1,19 +1,22 @@
-"""Speed–accuracy reports: every policy's curve and the papers' analyses, as JSON, Markdown and plots.
+"""Speed–accuracy evaluation of every exit policy on cached exit outputs, as typed results.
 
-:func:`evaluate_policies` turns cached :class:`~offramp.evaluate.ExitOutputs` into one JSON-ready dict
-(curves, scores at set speed-ups, AUC, exit histograms, DIS, premature / delayed exits, overthinking);
-:func:`write_report` renders it for a person; :func:`compare_runs` aggregates evaluate JSONs over seeds.
-All numbers come from ``calibrate.sweep``, ``metrics`` and ``analysis``: nothing is recomputed here.
+:func:`evaluate_policies` turns :class:`~offramp.evaluate.ExitOutputs` into an :class:`EvaluationResult`
+(per-exit scores, each policy's curve, its score at set speed-ups and AUC, the operating point nearest 2×,
+DIS, premature / delayed exits, overthinking, the calibrated setting, and for many-class tasks macro-F1,
+per-class scores and a confusion matrix). :func:`evaluate_model` adds the cached pass over a split and
+gives the :class:`EvaluationReport` whose ``to_json()`` is ``offramp evaluate``'s JSON (README table).
+All numbers come from ``simulate.sweep``, ``metrics`` and ``analysis``; rendering lives in ``render.py``
+and ``plots.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-from collections.abc import Sequence
-from pathlib import Path
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,21 +28,22 @@ from .analysis import (
     exit_failure_rates,
     exit_histogram,
     interpolate_at,
-    mean_interval,
     overthinking_rate,
 )
-from .calibrate import _scores, exit_accuracies, sweep
-from .simulate import simulate
-from .evaluate import ExitOutputs, exit_predictions, scores_from_outputs
-from .metrics import cost_fraction, layers_per_input, saved_layers_fraction, speedup_ratio, speedup_summary
-from .policies import BEEM, PolicyError, get_policy, list_policies, policy_from_config, regression_policies
-from .io import atomic_dir
+from .data import TextDataset
+from .evaluate import ExitOutputs, cached_exit_outputs, scores_from_outputs
+from .metrics import ExitCosts, cost_fraction, exit_predictions, primary_scores, saved_layers_fraction
+from .model import ExitModel
+from .policies import Policy, PolicyError, get_policy, list_policies, policy_from_config, regression_policies
 from .signals import SIGNALS
+from .simulate import simulate, sweep
 
 TARGETS: tuple[float, ...] = (1.5, 2.0, 3.0)
 #: Signals whose per-exit Difficulty Inversion Score is reported (learned only when the model has heads).
 DIS_SIGNALS: tuple[str, ...] = ("maxprob", "entropy", "norm_energy", "learned")
 AUC_RANGE: tuple[float, float] = (1.0, 3.0)
+#: The operating point whose exit histogram and failure rates are reported.
+NEAR_SPEEDUP = 2.0
 
 
 def target_key(target: float) -> str:
@@ -60,6 +64,11 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _opt(value: Any) -> float | None:
+    """A finite float, or None."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def select_policies(
@@ -84,23 +93,250 @@ def select_policies(
     ]
 
 
-def _correct(outputs: ExitOutputs, regression: bool) -> np.ndarray | None:
-    """[K, N] whether each exit's prediction is right (None for regression: no right/wrong)."""
-    if regression or outputs.labels is None:
-        return None
-    return exit_predictions(np.asarray(outputs.logits), False) == np.asarray(outputs.labels)[None, :]
+# ---------------------------------------------------------------------------------------------------------
+# Typed results
+# ---------------------------------------------------------------------------------------------------------
 
 
-def _setting(
-    slots: np.ndarray, exits: list[int], multi_model: bool, score: float, correct: np.ndarray | None
-) -> dict[str, Any]:
-    """One operating point: speed-ups by every convention, score, exit histogram, failure rates."""
-    info = speedup_summary(slots, exits, multi_model)
-    info["exit_counts"] = exit_histogram(slots, len(exits)).tolist()
-    info["score"] = float(score)
-    if correct is not None:
-        info.update(exit_failure_rates(slots, correct))
-    return info
+@dataclass
+class ExitScore:
+    """One exit's scores when every input leaves there: ``metric``'s ``score`` and every task metric."""
+
+    exit: int
+    layer: int
+    metric: str
+    score: float
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(
+            {"exit": self.exit, "layer": self.layer, "metric": self.metric, "score": self.score}
+            | {"metrics": self.metrics}
+        )
+
+
+@dataclass
+class Curve:
+    """A policy's sweep: per grid setting the threshold, the three speed-up conventions and the score."""
+
+    threshold: np.ndarray
+    speedup: np.ndarray
+    saved_layers: np.ndarray
+    cost_fraction: np.ndarray
+    score: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(
+            {
+                "threshold": self.threshold,
+                "speedup": self.speedup,
+                "saved_layers": self.saved_layers,
+                "cost_fraction": self.cost_fraction,
+                "score": self.score,
+            }
+        )
+
+    def points(self, digits: int = 9) -> tuple[tuple[float, float], ...]:
+        """The distinct (speed-up, score) points, sorted and rounded: equal for curves that coincide."""
+        x, y = np.asarray(self.speedup, dtype=float), np.asarray(self.score, dtype=float)
+        pairs = {(round(a, digits), round(b, digits)) for a, b in zip(x, y, strict=True) if math.isfinite(a)}
+        return tuple(sorted(pairs))
+
+
+@dataclass
+class OperatingPoint:
+    """One setting: speed-ups by every convention, score, exit histogram and (classification) failure rates.
+
+    ``premature`` / ``delayed``: COSEE app. D rates (None where no such decision was taken, or for
+    regression, where ``exit_decisions`` is None too); ``threshold``: the grid value (None: a saved policy).
+    """
+
+    speedup: float
+    saved_layers: float
+    cost_fraction: float
+    mean_layers: float
+    exit_counts: list[int]
+    score: float
+    premature: float | None = None
+    delayed: float | None = None
+    exit_decisions: int | None = None
+    continue_decisions: int | None = None
+    threshold: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "speedup": self.speedup,
+            "saved_layers": self.saved_layers,
+            "cost_fraction": self.cost_fraction,
+            "mean_layers": self.mean_layers,
+            "exit_counts": list(self.exit_counts),
+            "score": self.score,
+        }
+        if self.exit_decisions is not None:
+            out |= {
+                "premature": self.premature,
+                "delayed": self.delayed,
+                "exit_decisions": self.exit_decisions,
+                "continue_decisions": self.continue_decisions,
+            }
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return jsonable(out)
+
+
+@dataclass
+class PolicyEvaluation:
+    """One policy: its ``curve``, score ``at_speedup`` per target key (None: not reached), ``auc``, and
+    the grid setting nearest 2× (``near_2x``)."""
+
+    curve: Curve
+    at_speedup: dict[str, float | None]
+    auc: float | None
+    near_2x: OperatingPoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "curve": self.curve.to_json(),
+            "at_speedup": jsonable(self.at_speedup),
+            "auc": jsonable(self.auc),
+            "near_2x": self.near_2x.to_json(),
+        }
+
+
+@dataclass
+class Calibrated:
+    """The model's saved policy (``policy``, as in ``offramp.json``) applied to this split."""
+
+    policy: dict[str, Any]
+    point: OperatingPoint
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """What ``offramp calibrate`` recorded: rule, target, split, the speed-up it gave there, ..."""
+        return dict(self.policy.get("calibration") or {})
+
+    @property
+    def target_speedup(self) -> float | None:
+        """The speed-up the policy was calibrated for (None for the BEEM rule or a max-drop goal)."""
+        return _opt(self.calibration.get("target_speedup"))
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable({"policy": self.policy}) | self.point.to_json()
+
+
+@dataclass
+class ClassScores:
+    """Per-class precision, recall, F1 and support of one exit (``label``: the class name)."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(self.__dict__)
+
+
+@dataclass
+class ClassReport:
+    """Many-class tasks: the final exit's macro-F1, per-class scores and confusion matrix.
+
+    ``confusion[i][j]``: inputs of true class i predicted as class j (classes in ``labels`` order).
+    """
+
+    labels: list[str]
+    macro_f1: float
+    per_class: list[ClassScores]
+    confusion: list[list[int]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": list(self.labels),
+            "macro_f1": jsonable(self.macro_f1),
+            "per_class": [c.to_json() for c in self.per_class],
+            "confusion": [list(map(int, row)) for row in self.confusion],
+        }
+
+
+@dataclass
+class Analysis:
+    """``dis``: Difficulty Inversion Score per signal and exit; ``overthinking``: share right at some exit
+    but wrong at the last (both empty / None for regression)."""
+
+    dis: dict[str, list[float | None]] = field(default_factory=dict)
+    overthinking: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable({"dis": self.dis, "overthinking": self.overthinking})
+
+
+@dataclass
+class OneClassExit:
+    """An exit that predicts the same class for every input (a collapsed head)."""
+
+    exit: int
+    layer: int
+    label: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EvaluationResult:
+    """Every policy's speed–accuracy behaviour on one split (see the module docstring)."""
+
+    metric: str
+    exits: list[int]
+    examples: int
+    targets: list[float]
+    auc_range: tuple[float, float]
+    multi_model: bool
+    per_exit: list[ExitScore]
+    policies: dict[str, PolicyEvaluation]
+    analysis: Analysis
+    calibrated: Calibrated | None = None
+    classes: ClassReport | None = None
+    one_class_exits: list[OneClassExit] = field(default_factory=list)
+
+    @property
+    def final_score(self) -> float | None:
+        """The full model's (last exit's) score."""
+        return _opt(self.per_exit[-1].score)
+
+    @property
+    def target_keys(self) -> list[str]:
+        return [target_key(t) for t in self.targets]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report JSON: ``exits`` are the exit layers, ``per_exit`` their scores."""
+        return {
+            "metric": self.metric,
+            "exits": list(self.exits),
+            "examples": self.examples,
+            "targets": list(self.targets),
+            "auc_range": list(self.auc_range),
+            "multi_model": self.multi_model,
+            "final_score": self.final_score,
+            "per_exit": [{"exit": r.exit, "layer": r.layer, "score": _opt(r.score)} for r in self.per_exit],
+            **self.sections_json(),
+        }
+
+    def sections_json(self) -> dict[str, Any]:
+        """The sections shared with the evaluate JSON (policies, analysis, calibrated, classes, ...)."""
+        return {
+            "policies": {name: p.to_json() for name, p in self.policies.items()},
+            "analysis": self.analysis.to_json(),
+            "calibrated": None if self.calibrated is None else self.calibrated.to_json(),
+            "classes": None if self.classes is None else self.classes.to_json(),
+            "one_class_exits": [e.to_json() for e in self.one_class_exits],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------
 
 
 def evaluate_policies(
@@ -110,437 +346,242 @@ def evaluate_policies(
     policies: Sequence[str] | None = None,
     grid_size: int = 100,
     targets: Sequence[float] = TARGETS,
-    multi_model: bool = False,
     calibrated_policy: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    label_names: Sequence[str] | None = None,
+) -> EvaluationResult:
     """Sweep every applicable policy over cached exit outputs and run the papers' analyses.
 
-    Returns ``{"metric", "exits", "examples", "targets", "multi_model", "final_score", "per_exit",
-    "policies": {name: {"curve", "at_speedup", "auc", "near_2x"}}, "analysis", "calibrated"}``; see the
-    README's evaluate-JSON table. BEEM-A's accuracy weights are taken from these same outputs (an
-    optimistic choice: on a test split they peek at its labels). JSON-ready: NaN is None.
+    The cost model (multi-exit model or cascade) comes from ``outputs.costs``. BEEM-A's accuracy weights
+    are fitted on these same outputs (``Policy.fit``; optimistic on a test split). ``label_names`` name the
+    classes in the many-class report and the one-class warning. Warns once when an exit predicts one class
+    for every input.
     """
     if outputs.labels is None:
         raise ValueError("a speed–accuracy report needs labels; these outputs have none")
     logits = np.asarray(outputs.logits, dtype=np.float32)
     labels = np.asarray(outputs.labels)
-    exits = list(outputs.exits)
-    conf = None if outputs.confidence is None else np.asarray(outputs.confidence, dtype=np.float32)
-    correct = _correct(outputs, regression)
-    per_exit = scores_from_outputs(outputs, task, regression)
-    names = select_policies(policies, regression, conf is not None)
-
-    curves: dict[str, Any] = {}
-    for name in names:
-        pol = get_policy(name)
-        if isinstance(pol, BEEM) and pol.weights == "accuracy":
-            pol = dataclasses.replace(pol, weights=exit_accuracies(logits, labels))
-        res = sweep(pol, logits, labels, exits, None, conf, task, multi_model, grid_size)
-        slots = np.asarray(res["exit_slot"])
-        layers = layers_per_input(slots, exits, multi_model)
-        speed = np.atleast_1d(speedup_ratio(layers, exits[-1]))
-        score = np.asarray(res["score"], dtype=float)
-        at = interpolate_at(speed, score, targets)
-        # The grid setting nearest 2x (ties: the better score), for histograms and failure rates.
-        near = int(np.lexsort((-score, np.abs(speed - 2.0)))[0])
-        point = _setting(slots[near], exits, multi_model, score[near], correct)
-        point["threshold"] = np.asarray(res["thresholds"])[near]
-        curves[name] = {
-            "curve": {
-                "threshold": res["thresholds"],
-                "speedup": speed,
-                "saved_layers": np.atleast_1d(saved_layers_fraction(layers, exits[-1])),
-                "cost_fraction": np.atleast_1d(cost_fraction(slots, exits, multi_model)),
-                "score": score,
-            },
-            "at_speedup": {target_key(t): float(v) for t, v in zip(targets, at, strict=True)},
-            "auc": curve_auc(speed, score, *AUC_RANGE),
-            "near_2x": point,
-        }
-
-    analysis: dict[str, Any] = {"dis": {}, "overthinking": None}
-    if correct is not None:
-        analysis["overthinking"] = overthinking_rate(correct)
-        for sig_name in DIS_SIGNALS:
-            if sig_name == "learned" and conf is None:
-                continue
-            sig = SIGNALS[sig_name]
-            values = sig(torch.as_tensor(logits), None if conf is None else torch.as_tensor(conf)).numpy()
-            analysis["dis"][sig_name] = [
-                difficulty_inversion_score(values[k], correct[k], sig.confidence_positive)
-                for k in range(len(exits))
-            ]
-
+    correct = None if regression else exit_predictions(logits, False) == labels[None, :]
+    per_exit = [ExitScore(**row) for row in scores_from_outputs(outputs, task, regression)]
+    names = select_policies(policies, regression, outputs.confidence is not None)
+    fitted = [get_policy(name).fit(logits, labels) for name in names]
+    evaluations = {
+        name: evaluate_policy(pol, outputs, task, grid_size, targets, correct)
+        for name, pol in zip(names, fitted, strict=True)
+    }
     calibrated = None
     if calibrated_policy:
-        pol = policy_from_config(calibrated_policy)
-        sim = simulate(pol, logits, None, conf, regression=regression)
-        score = _scores(task, np.asarray(sim.prediction), labels, regression)[1][0]
-        calibrated = {"policy": calibrated_policy}
-        calibrated.update(_setting(np.asarray(sim.exit_slot)[0], exits, multi_model, score, correct))
+        calibrated = _calibrated(calibrated_policy, outputs, task, regression, correct)
+    names_or_ids = [str(v) for v in (label_names or range(logits.shape[-1]))]
+    return EvaluationResult(
+        metric=per_exit[0].metric,
+        exits=[int(v) for v in outputs.exits],
+        examples=int(labels.shape[0]),
+        targets=[float(t) for t in targets],
+        auc_range=AUC_RANGE,
+        multi_model=outputs.costs.is_cascade,
+        per_exit=per_exit,
+        policies=evaluations,
+        analysis=analyse(logits, outputs.confidence, correct),
+        calibrated=calibrated,
+        classes=None if regression else class_report(logits[-1].argmax(-1), labels, names_or_ids),
+        one_class_exits=[] if regression else one_class_exits(logits, list(outputs.exits), names_or_ids),
+    )
 
-    return jsonable(
-        {
-            "metric": per_exit[0]["metric"],
-            "exits": exits,
-            "examples": int(labels.shape[0]),
-            "targets": list(targets),
-            "auc_range": list(AUC_RANGE),
-            "multi_model": multi_model,
-            "final_score": per_exit[-1]["score"],
-            "per_exit": [{k: r[k] for k in ("exit", "layer", "score")} for r in per_exit],
-            "policies": curves,
-            "analysis": analysis,
-            "calibrated": calibrated,
+
+def evaluate_policy(
+    policy: Policy,
+    outputs: ExitOutputs,
+    task: str | None,
+    grid_size: int,
+    targets: Sequence[float],
+    correct: np.ndarray | None,
+) -> PolicyEvaluation:
+    """One policy's sweep over its own grid: curve, scores at the targets, AUC, the setting nearest 2×."""
+    costs = outputs.costs
+    res = sweep(policy, outputs, costs, task=task, grid_size=grid_size)
+    speed = np.atleast_1d(np.asarray(res.speedup, dtype=float))
+    score = np.asarray(res.score, dtype=float)
+    curve = Curve(
+        threshold=res.thresholds,
+        speedup=speed,
+        saved_layers=np.atleast_1d(saved_layers_fraction(res.layers, costs.depth)),
+        cost_fraction=np.atleast_1d(cost_fraction(res.layers, costs.depth)),
+        score=score,
+    )
+    at = interpolate_at(speed, score, targets)
+    # The grid setting nearest 2x (ties: the better score), for histograms and failure rates.
+    near = int(np.lexsort((-score, np.abs(speed - NEAR_SPEEDUP)))[0])
+    point = operating_point(res.exit_slot[near], costs, score[near], correct)
+    point.threshold = jsonable(np.asarray(res.thresholds)[near])
+    return PolicyEvaluation(
+        curve=curve,
+        at_speedup={target_key(t): _opt(v) for t, v in zip(targets, at, strict=True)},
+        auc=_opt(curve_auc(speed, score, *AUC_RANGE)),
+        near_2x=point,
+    )
+
+
+def operating_point(
+    exit_slot: np.ndarray, costs: ExitCosts, score: float, correct: np.ndarray | None
+) -> OperatingPoint:
+    """The summary of one setting from where each input left (0-based exit slots [N])."""
+    slots = np.asarray(exit_slot)
+    summary = costs.summary(slots)
+    point = OperatingPoint(
+        speedup=float(summary["speedup"]),
+        saved_layers=float(summary["saved_layers"]),
+        cost_fraction=float(summary["cost_fraction"]),
+        mean_layers=float(summary["mean_layers"]),
+        exit_counts=exit_histogram(slots, len(costs.costs)).tolist(),
+        score=float(score),
+    )
+    if correct is not None:
+        rates = exit_failure_rates(slots, correct)
+        point.premature, point.delayed = _opt(rates["premature"]), _opt(rates["delayed"])
+        point.exit_decisions, point.continue_decisions = rates["exit_decisions"], rates["continue_decisions"]
+    return point
+
+
+def _calibrated(
+    config: dict[str, Any], outputs: ExitOutputs, task: str | None, regression: bool, correct: Any
+) -> Calibrated:
+    """The saved policy run over these outputs at its own threshold."""
+    logits = np.asarray(outputs.logits, dtype=np.float32)
+    sim = simulate(policy_from_config(config), logits, None, outputs.confidence, regression=regression)
+    score = primary_scores(task, np.asarray(sim.prediction), np.asarray(outputs.labels), regression)[1][0]
+    return Calibrated(
+        dict(config), operating_point(np.asarray(sim.exit_slot)[0], outputs.costs, score, correct)
+    )
+
+
+def analyse(logits: np.ndarray, confidence: Any, correct: np.ndarray | None) -> Analysis:
+    """Overthinking and each signal's per-exit Difficulty Inversion Score (classification only)."""
+    if correct is None:
+        return Analysis()
+    conf = None if confidence is None else torch.as_tensor(np.asarray(confidence, dtype=np.float32))
+    dis: dict[str, list[float | None]] = {}
+    for name in DIS_SIGNALS:
+        if name == "learned" and conf is None:
+            continue
+        sig = SIGNALS[name]
+        values = sig(torch.as_tensor(logits), conf).numpy()
+        dis[name] = [
+            _opt(difficulty_inversion_score(values[k], correct[k], sig.confidence_positive))
+            for k in range(len(values))
+        ]
+    return Analysis(dis, overthinking_rate(correct))
+
+
+def class_report(predictions: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> ClassReport | None:
+    """Macro-F1, per-class scores and the confusion matrix, for more than two classes (else None)."""
+    if len(names) <= 2:
+        return None
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=ids, zero_division=0.0
+    )
+    per_class = [
+        ClassScores(str(names[i]), float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+        for i in ids
+    ]
+    matrix = confusion_matrix(labels, predictions, labels=ids)
+    return ClassReport(list(map(str, names)), float(np.mean(f1)), per_class, matrix.tolist())
+
+
+def one_class_exits(logits: np.ndarray, exits: list[int], names: Sequence[str]) -> list[OneClassExit]:
+    """Exits predicting one class for every input; warns once (one line) when there are any."""
+    preds = np.asarray(logits).argmax(-1)
+    if preds.shape[1] < 2:
+        return []
+    found = [
+        OneClassExit(k + 1, int(exits[k]), str(names[int(row[0])]))
+        for k, row in enumerate(preds)
+        if (row == row[0]).all()
+    ]
+    if found:
+        which = ", ".join(f"layer {e.layer} → {e.label!r}" for e in found)
+        warnings.warn(
+            f"{len(found)} of {len(exits)} exits predict one class for every input ({which}): "
+            "those heads have collapsed; check training",
+            stacklevel=3,
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A model on a split: the evaluate command's result
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationReport:
+    """What ``offramp evaluate`` measured: where, how long, whether from the cache, and the evaluation."""
+
+    model_dir: str
+    task: str | None
+    split: str
+    seconds: float
+    cached_outputs: bool
+    result: EvaluationResult
+
+    @property
+    def examples(self) -> int:
+        return self.result.examples
+
+    def to_json(self) -> dict[str, Any]:
+        """The evaluate JSON (README "`evaluate` JSON fields"): ``exits`` are per-exit score rows here."""
+        rows = [r.to_json() for r in self.result.per_exit]
+        return {
+            "model_dir": self.model_dir,
+            "task": self.task,
+            "split": self.split,
+            "examples": self.examples,
+            "metric": self.result.metric,
+            "exits": rows,
+            "final": rows[-1],
+            "seconds": self.seconds,
+            "cached_outputs": self.cached_outputs,
+            "targets": list(self.result.targets),
+            "auc_range": list(self.result.auc_range),
+            "multi_model": self.result.multi_model,
+            **self.result.sections_json(),
         }
-    )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Markdown + plots
-# ---------------------------------------------------------------------------------------------------------
+def evaluate_model(
+    model: ExitModel,
+    model_dir: str | os.PathLike[str],
+    data: TextDataset,
+    split: str,
+    *,
+    cache: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    policies: Sequence[str] | None = None,
+    grid_size: int = 100,
+    batch_size: int = 128,
+    progress: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> EvaluationReport:
+    """Run (or reuse from ``cache``) every exit over ``data`` and evaluate every policy on it.
 
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(result: dict[str, Any], path: Path, title: str) -> None:
-    """Speed–accuracy curves, one line per policy, with the final exit's score dashed."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, pol) in enumerate(result["policies"].items()):
-        x = np.array([np.nan if v is None else v for v in pol["curve"]["speedup"]], dtype=float)
-        y = np.array([np.nan if v is None else v for v in pol["curve"]["score"]], dtype=float)
-        order = np.argsort(x)
-        style = {"color": plt.cm.tab20(i % 20), "linestyle": "-" if i < 10 else "-."}
-        ax.plot(x[order], y[order], marker=".", markersize=3, linewidth=1, label=name, **style)
-    if result.get("final_score") is not None:
-        ax.axhline(result["final_score"], color="black", linestyle="--", linewidth=1, label="final exit")
-    ax.set_xlabel("speed-up (L·N / Σ l(n))")
-    ax.set_ylabel(result["metric"])
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_histograms(result: dict[str, Any], path: Path) -> None:
-    """Small multiples: how many inputs leave at each exit, at each policy's setting nearest 2×."""
-    plt = _plt()
-    names = list(result["policies"])
-    cols = min(4, max(1, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False, sharey=True)
-    labels = [str(layer) for layer in result["exits"]]
-    for ax, name in zip(axes.flat, names, strict=False):
-        point = result["policies"][name]["near_2x"]
-        ax.bar(labels, point["exit_counts"], color="tab:blue")
-        ax.set_title(f"{name} ({_num(point['speedup'], 2)}×)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.supxlabel("exit layer", fontsize=8)
-    fig.supylabel("inputs", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_per_exit(result: dict[str, Any], path: Path) -> None:
-    """Each exit's own score against its layer."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    layers = [r["layer"] for r in result["per_exit"]]
-    scores = [np.nan if r["score"] is None else r["score"] for r in result["per_exit"]]
-    ax.plot(layers, scores, marker="o")
-    ax.set_xlabel("exit layer")
-    ax.set_ylabel(result["metric"])
-    ax.set_title("per-exit scores")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def render_markdown(result: dict[str, Any], title: str) -> str:
-    """The report as Markdown, readable without the JSON."""
-    metric, targets = result["metric"], result["targets"]
-    keys = [target_key(t) for t in targets]
-    lo, hi = result.get("auc_range", AUC_RANGE)
-    md = [f"# {title}", ""]
-    md += [
-        f"{result['examples']} examples, exits after layers {result['exits']}, metric: **{metric}**"
-        + (" (multi-model cascade: cost sums every member run)." if result.get("multi_model") else "."),
-        "",
-        "## Per-exit scores",
-        "",
-        f"Each exit's {metric} when every input leaves there; the last row is the full model.",
-        "",
-    ]
-    md += _table(["exit", "layer", metric], [[r["exit"], r["layer"], r["score"]] for r in result["per_exit"]])
-    md += [
-        "## Speed–accuracy",
-        "",
-        f"{metric} of each policy at set speed-ups (L·N / Σ l(n)), linearly interpolated along its curve "
-        f"(– = the curve does not reach it); AUC is the mean {metric} over speed-ups {lo:g}–{hi:g}×. "
-        f"The full model scores {_num(result['final_score'])}.",
-        "",
-        "![speed-accuracy curves](curves.png)",
-        "",
-    ]
-    md += _table(
-        ["policy", *[f"@{k}×" for k in keys], f"AUC {lo:g}–{hi:g}×"],
-        [[n, *[p["at_speedup"][k] for k in keys], p["auc"]] for n, p in result["policies"].items()],
-    )
-    md += [
-        "## Exits at about 2×",
-        "",
-        "At each policy's grid setting nearest 2×: the speed-up by all three conventions (L·N/Σl; PCEE's "
-        "share of layers saved; SWEET's share of the full cost), the score, how many inputs left at each "
-        "exit, and COSEE's premature rate (exits taken on a wrong prediction ÷ all exits taken early) and "
-        "delayed rate (continues past a right prediction ÷ all continues).",
-        "",
-        "![exit histograms](histograms.png)",
-        "",
-    ]
-    rows = []
-    for name, p in result["policies"].items():
-        pt = p["near_2x"]
-        counts = " / ".join(str(c) for c in pt["exit_counts"])
-        rows.append(
-            [name, pt["speedup"], pt["saved_layers"], pt["cost_fraction"], pt["score"], counts]
-            + [pt.get("premature"), pt.get("delayed")]
-        )
-    md += _table(["policy", "speed-up", "saved", "cost", metric, "exit counts", "premature", "delayed"], rows)
-    cal = result.get("calibrated")
-    md += ["## Calibrated setting", ""]
-    if cal:
-        params = json.dumps(cal["policy"].get("params", {}))
-        md += [
-            f"The model's saved policy `{cal['policy'].get('name')}` {params}, applied to this split: "
-            "what deploying it as calibrated gives.",
-            "",
-        ]
-        counts = " / ".join(str(c) for c in cal["exit_counts"])
-        md += _table(
-            ["speed-up", "saved", "cost", metric, "exit counts", "premature", "delayed"],
-            [
-                [cal["speedup"], cal["saved_layers"], cal["cost_fraction"], cal["score"], counts]
-                + [cal.get("premature"), cal.get("delayed")]
-            ],
-        )
-    else:
-        md += ["The model has no calibrated policy (run `offramp calibrate`).", ""]
-    an = result["analysis"]
-    md += ["## Analyses", ""]
-    md += [
-        f"Overthinking: **{_num(an['overthinking'])}**, the share of inputs some exit gets right but the "
-        "last one gets wrong (what an oracle exit could recover).",
-        "",
-    ]
-    if an["dis"]:
-        md += [
-            "Difficulty Inversion Score (CascadeBERT) per exit and signal: how well the signal ranks the "
-            "exit's right predictions above its wrong ones (1 = perfect, 0.5 = random; – when the exit "
-            "is all right or all wrong).",
-            "",
-        ]
-        md += _table(
-            ["exit layer", *an["dis"]],
-            [[layer, *[v[k] for v in an["dis"].values()]] for k, layer in enumerate(result["exits"])],
-        )
-    md += ["Per-exit scores:", "", "![per-exit scores](per_exit.png)", ""]
-    return "\n".join(md)
-
-
-def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str], title: str) -> Path:
-    """Write ``report.md``, ``report.json`` and the PNGs into ``out_dir`` atomically (temp + rename)."""
-    with atomic_dir(out_dir) as tmp:
-        if result.get("policies"):
-            plot_curves(result, tmp / "curves.png", title)
-            plot_histograms(result, tmp / "histograms.png")
-        plot_per_exit(result, tmp / "per_exit.png")
-        (tmp / "report.md").write_text(render_markdown(result, title) + "\n")
-        (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    return Path(out_dir)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Comparing runs over seeds
-# ---------------------------------------------------------------------------------------------------------
-
-
-def load_run(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """An evaluate JSON (a file, or the one ``eval_*.json`` in a model folder) plus its model config.
-
-    Returns ``{"path", "eval", "config"}``; ``config`` is the model's ``offramp.json`` / ``cascade.json``
-    (None when not found).
+    The caller checks that ``data`` fits the model (``checks.check_data_matches``). ``seconds`` times the
+    pass over the split (or loading the cache); the model's saved policy is reported as calibrated.
     """
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob("eval_*.json"))
-        if len(found) != 1:
-            what = "no eval_*.json" if not found else f"{len(found)} eval_*.json files; pass one"
-            raise FileNotFoundError(f"{str(p)!r} holds {what}")
-        p = found[0]
-    data = json.loads(p.read_text())
-    if "policies" not in data:
-        raise ValueError(f"{str(p)!r} has no 'policies' section; re-run `offramp evaluate` to add it")
-    config = None
-    for folder in (Path(data.get("model_dir") or p.parent), p.parent):
-        for name in ("offramp.json", "cascade.json"):
-            if (folder / name).is_file():
-                config = json.loads((folder / name).read_text())
-                break
-        if config is not None:
-            break
-    return {"path": str(p), "eval": data, "config": config}
-
-
-def run_identity(run: dict[str, Any]) -> tuple[str, str]:
-    """(key, label) of a run's configuration: everything that matters except the seed."""
-    cfg = run["config"]
-    if cfg is None:
-        return run["path"], Path(run["path"]).parent.name or run["path"]
-    info = cfg.get("info") or {}
-    scheme = info.get("scheme") or {}
-    ident = {
-        "task": run["eval"].get("task"),
-        "split": run["eval"].get("split"),
-        "backbone": cfg.get("backbone"),
-        "exits": cfg.get("exits"),
-        "scheme": scheme,
-        "train_size": info.get("train_size"),
-        "learned_exit": cfg.get("learned_exit"),
-    }
-    name = scheme.get("name", "?") if isinstance(scheme, dict) else str(scheme)
-    label = f"{name} {cfg.get('backbone')} exits={cfg.get('exits')} n={info.get('train_size')}"
-    return json.dumps(ident, sort_keys=True), label
-
-
-def compare_runs(runs: Sequence[dict[str, Any]], points: int = 50) -> dict[str, Any]:
-    """Group runs by configuration and give mean ± 95% interval over seeds per policy and target.
-
-    Also a mean curve per configuration and policy: each run's curve interpolated onto a common
-    speed-up grid (from 1× to the largest speed-up every run reaches), then averaged.
-    """
-    groups: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        key, label = run_identity(run)
-        g = groups.setdefault(key, {"label": label, "runs": [], "seeds": [], "evals": []})
-        g["runs"].append(run["path"])
-        g["seeds"].append(((run["config"] or {}).get("info") or {}).get("seed"))
-        g["evals"].append(run["eval"])
-    out = []
-    for g in groups.values():
-        evals = g.pop("evals")
-        targets = evals[0].get("targets") or list(TARGETS)
-        names = [n for n in evals[0]["policies"] if all(n in e["policies"] for e in evals)]
-        finals = [(e.get("final") or {}).get("score") for e in evals]
-        g["final"] = mean_interval([np.nan if v is None else v for v in finals])
-        g["policies"] = {}
-        for name in names:
-            pols = [e["policies"][name] for e in evals]
-            at = {}
-            for t in targets:
-                vals = [p["at_speedup"].get(target_key(t)) for p in pols]
-                mean, half = mean_interval([np.nan if v is None else v for v in vals])
-                at[target_key(t)] = {"mean": mean, "half": half, "values": vals}
-            auc = mean_interval([np.nan if p["auc"] is None else p["auc"] for p in pols])
-            curves = [
-                (np.array(p["curve"]["speedup"], dtype=float), np.array(p["curve"]["score"], dtype=float))
-                for p in pols
-            ]
-            reach = min(np.nanmax(x) for x, _ in curves)
-            grid = np.linspace(1.0, max(1.0, reach), points)
-            ys = np.array([interpolate_at(x, y, grid) for x, y in curves])
-            g["policies"][name] = {
-                "at_speedup": at,
-                "auc": {"mean": auc[0], "half": auc[1]},
-                "mean_curve": {"speedup": grid, "score": np.nanmean(ys, axis=0) if ys.size else []},
-            }
-        g["targets"] = list(targets)
-        out.append(g)
-    return jsonable({"configurations": out})
-
-
-def plot_compare(result: dict[str, Any], path: Path) -> None:
-    """Overlay the mean curve of each configuration, one panel per policy."""
-    plt = _plt()
-    confs = result["configurations"]
-    names = [n for n in (confs[0]["policies"] if confs else {}) if all(n in c["policies"] for c in confs)]
-    cols = min(3, max(1, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
-        for c in confs:
-            curve = c["policies"][name]["mean_curve"]
-            y = [np.nan if v is None else v for v in curve["score"]]
-            ax.plot(curve["speedup"], y, label=f"{c['label']} (n={len(c['runs'])})")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("speed-up", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    if names:
-        axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def render_compare_markdown(result: dict[str, Any]) -> str:
-    """Mean ± 95% interval (Student t over seeds) per configuration, policy and target speed-up."""
-    md = [
-        "# Comparison over seeds",
-        "",
-        "Each cell: mean ± half-width of the 95% Student-t interval over the seeds of one configuration "
-        "(± 0 for a single seed), of the score interpolated at that speed-up.",
-        "",
-        "![mean curves](compare.png)",
-        "",
-    ]
-    for c in result["configurations"]:
-        md += [f"## {c['label']}", "", f"{len(c['runs'])} runs, seeds {c['seeds']}.", ""]
-        keys = [target_key(t) for t in c["targets"]]
-        rows = []
-        for name, p in c["policies"].items():
-            cells = [_pm(p["at_speedup"][k]["mean"], p["at_speedup"][k]["half"]) for k in keys]
-            rows.append([name, *cells, _pm(p["auc"]["mean"], p["auc"]["half"])])
-        md += _table(["policy", *[f"@{k}×" for k in keys], "AUC"], rows)
-    return "\n".join(md)
-
-
-def _pm(mean: float | None, half: float | None) -> str:
-    return f"{_num(mean)} ± {_num(half)}" if mean is not None else "–"
-
-
-def write_compare_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """``report.md`` + ``compare.png`` + ``compare.json`` in ``out_dir``, atomically."""
-    with atomic_dir(out_dir) as tmp:
-        plot_compare(result, tmp / "compare.png")
-        (tmp / "report.md").write_text(render_compare_markdown(result) + "\n")
-        (tmp / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    return Path(out_dir)
+    start = time.perf_counter()
+    outputs, cached = cached_exit_outputs(
+        model, model_dir, data, cache, batch_size, progress, use_cache, notify
+    )
+    seconds = time.perf_counter() - start
+    task = data.task or model.config.task
+    result = evaluate_policies(
+        outputs,
+        task,
+        model.is_regression,
+        policies=policies,
+        grid_size=grid_size,
+        calibrated_policy=model.config.policy,
+        label_names=model.config.label_names,
+    )
+    return EvaluationReport(str(model_dir), task, split, seconds, cached, result)

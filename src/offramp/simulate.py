@@ -21,7 +21,6 @@ from .policies import ExitOutput, Policy, PolicyError, policy_from_config
 Tensor = torch.Tensor
 
 
-
 @dataclass
 class SimResult:
     """Where each input leaves and what it predicts, for every threshold of the grid.

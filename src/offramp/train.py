@@ -4,15 +4,14 @@ AdamW (no decay on biases and norms), linear schedule with warm-up, gradient cli
 per-epoch validation with per-exit scores, best-checkpoint selection, seeds and progress bars. The same
 code runs on one CPU, a GPU, or several processes under ``accelerate launch`` / ``torchrun``.
 
-What is trained is a :class:`offramp.losses.Scheme` (by name: ``joint``, ``weighted``, ``beem-kd``,
-``sweet``, ``cosee``, ``two-stage``; ``multi-model`` goes through :func:`build_and_train`).
+Two entry points: :func:`train` fine-tunes a given model with a scheme (:mod:`offramp.schemes`: by name,
+config or built); :func:`build_and_train` builds the model from a :class:`RunSpec` first (and trains
+``multi-model`` cascades member by member). Inside, a :class:`Trainer` runs stage → epoch → step, with
+validation at each epoch's end.
 
-Resumable checkpoints (``TrainConfig.save_every``): every N optimiser steps a folder
-``step-XXXXXXXX`` is written atomically with the model, optimiser, scheduler, every process's RNG
-states, the data-order position and the scheme's state — tensors in safetensors, the rest in JSON,
-no pickle anywhere (Accelerate's ``save_state`` pickles RNG states, so it is not used). The data order
-is a pure function of (seed, stage, epoch), and checkpoints sit on optimiser-step boundaries, so a run
-killed and resumed ends with the same weights as an uninterrupted one.
+Resumable checkpoints (``TrainConfig.save_every``, :mod:`offramp.checkpoint`): the data order is a pure
+function of (seed, stage, epoch) and checkpoints sit on optimiser-step boundaries, so a run killed and
+resumed ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,12 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +31,26 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 from .cascade import CascadeModel, truncate_backbone, truncated_member
+from .checkpoint import Checkpoint, SavedCheckpoint, TrainState, find_checkpoint, save_checkpoint
 from .data import TextDataset, make_loader
 from .evaluate import per_exit_scores, selection_score
-from .losses import (
+from .io import write_json_atomic
+from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
+from .schemes import (
     LearnedExitConfig,
     LossFn,
+    LossFnScheme,
     MultiModelConfig,
     Scheme,
     SchemeConfig,
+    Stage,
     build_scheme,
     get_scheme_config,
-    joint_loss,
 )
-from .io import replace_dir
-from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
-
-CHECKPOINT_FORMAT = 1
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -102,11 +98,6 @@ class TrainConfig:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
 
 
-def default_loss(output: Any, batch: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
-    """Σ_k CE_k (the ``joint`` scheme)."""
-    return joint_loss(output.logits, batch["labels"], regression=info["regression"])
-
-
 def _no_decay(name: str) -> bool:
     return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or "norm" in name.lower()
 
@@ -119,18 +110,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         {"params": [p for n, p in params if _no_decay(n)], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-class _LossFnScheme(Scheme):
-    """A bare ``loss_fn(output, batch, info)`` hook as a one-stage scheme."""
-
-    def __init__(self, model: MultiExitModel, loss_fn: LossFn, forward_kwargs: dict[str, Any] | None):
-        super().__init__(SchemeConfig(), model)
-        self.fn = loss_fn
-        self.forward_kwargs = dict(forward_kwargs or {})
-
-    def task_loss(self, output: Any, batch: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
-        return self.fn(output, batch, info)
 
 
 # =============================================================================================
@@ -166,114 +145,33 @@ class BatchOrder:
             raise ValueError("no training rows")
         if lengths is not None and len(lengths) != num_rows:
             raise ValueError(f"lengths has {len(lengths)} entries, expected one per row ({num_rows})")
-        self.num_rows, self.batch_size, self.seed, self.world, self.rank = (
-            num_rows,
-            batch_size,
-            seed,
-            world,
-            rank,
-        )
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.world, self.rank = world, rank
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.num_global = math.ceil(num_rows / batch_size)
         self.per_rank = math.ceil(self.num_global / world)
 
     def batches(self, stage: int, epoch: int) -> list[list[int]]:
+        """This process's batches (row indices) for one epoch of one stage."""
         rng = np.random.default_rng([self.seed, stage, epoch])
         perm = rng.permutation(self.num_rows)
         if self.lengths is None:
             glob = [perm[i : i + self.batch_size].tolist() for i in range(0, self.num_rows, self.batch_size)]
         else:
-            size = self.batch_size * self.MEGA_BATCHES
-            glob = []
-            for i in range(0, self.num_rows, size):
-                mega = perm[i : i + size]
-                mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-                glob += [mega[j : j + self.batch_size].tolist() for j in range(0, len(mega), self.batch_size)]
-            glob = [glob[i] for i in rng.permutation(len(glob))]
+            glob = self._length_grouped(perm, rng)
         while len(glob) < self.per_rank * self.world:
             glob.append(glob[len(glob) % self.num_global])
         return glob[self.rank :: self.world][: self.per_rank]
 
-
-# =============================================================================================
-# Checkpoints: safetensors + JSON
-# =============================================================================================
-
-
-def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    rest = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
-    return tensors, rest
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for key, value in st.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain.setdefault(str(pid), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "plain_state": plain, "state_ids": [str(p) for p in sd["state"]]}
-
-
-def _load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, Any]] = {
-        int(pid): dict(meta["plain_state"].get(pid, {})) for pid in meta["state_ids"]
-    }
-    for key, value in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state[int(pid)][name] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-    py = random.getstate()
-    meta = {
-        "numpy": json.dumps([kind, int(pos), int(has_gauss), float(gauss)]),
-        "python": json.dumps([py[0], list(py[1]), py[2]]),
-    }
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = json.loads(meta["python"])
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint folder itself, or the newest complete ``step-*`` folder under ``path``."""
-    root = Path(path)
-    if (root / STATE_FILE).is_file():
-        return root
-    if not root.is_dir():
-        return None
-    steps = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return max(steps, key=lambda p: int(p.name.split("-")[1])) if steps else None
-
-
-def _prune(root: Path, keep: int) -> None:
-    steps = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    def _length_grouped(self, perm: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
+        assert self.lengths is not None
+        size = self.batch_size * self.MEGA_BATCHES
+        glob: list[list[int]] = []
+        for i in range(0, self.num_rows, size):
+            mega = perm[i : i + size]
+            mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
+            glob += [mega[j : j + self.batch_size].tolist() for j in range(0, len(mega), self.batch_size)]
+        return [glob[i] for i in rng.permutation(len(glob))]
 
 
 # =============================================================================================
@@ -281,17 +179,18 @@ def _prune(root: Path, keep: int) -> None:
 # =============================================================================================
 
 
-def _resolve_scheme(
+def resolve_scheme(
     model: MultiExitModel,
     scheme: Scheme | SchemeConfig | str | None,
-    loss_fn: LossFn | None,
-    forward_kwargs: dict[str, Any] | None,
-    learned_exit: LearnedExitConfig | bool | None,
+    loss_fn: LossFn | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
+    learned_exit: LearnedExitConfig | bool | None = None,
 ) -> Scheme:
+    """A built scheme from what :func:`train` accepts: a scheme, a config, a name, or a bare loss hook."""
     if isinstance(scheme, Scheme):
         return scheme
     if scheme is None and loss_fn is not None:
-        built = _LossFnScheme(model, loss_fn, forward_kwargs)
+        built = LossFnScheme(model, loss_fn, forward_kwargs)
         if getattr(model.config, "learned_exit", False):
             built.learned = (
                 learned_exit if isinstance(learned_exit, LearnedExitConfig) else LearnedExitConfig()
@@ -302,7 +201,8 @@ def _resolve_scheme(
     return built
 
 
-def _signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dict[str, Any]:
+def run_signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dict[str, Any]:
+    """What a checkpoint must share with the run resuming it (else the data order or schedule differ)."""
     sig = {
         "rows": n_rows,
         "batch_size": cfg.batch_size,
@@ -316,6 +216,320 @@ def _signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dic
     if cfg.group_by_length:  # only when on, so checkpoints written before the option still resume
         sig["group_by_length"] = True
     return sig
+
+
+def checkpoint_root(cfg: TrainConfig, out_dir: str | Path | None) -> Path | None:
+    """``cfg.checkpoint_dir``, else ``<out_dir>.checkpoints`` beside the output folder, else None."""
+    if cfg.checkpoint_dir:
+        return Path(cfg.checkpoint_dir)
+    if out_dir is not None:
+        return Path(out_dir).with_name(Path(out_dir).name + ".checkpoints")
+    return None
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for this process; refuses a process group smaller than the launcher started."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Several processes without a GPU (torchrun on CPU): Accelerate only forms a group with cpu=True.
+    multi_cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=cfg.cpu or multi_cpu,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if world != accelerator.num_processes:
+        raise RuntimeError(
+            f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate formed a group of "
+            f"{accelerator.num_processes}: an Accelerator/PartialState was created before train() without "
+            "cpu=True; on a machine without a GPU set ACCELERATE_USE_CPU=1 or create none before training"
+        )
+    return accelerator
+
+
+@dataclass
+class StageRun:
+    """One stage's live objects: its optimiser and schedule span the stage."""
+
+    index: int
+    stage: Stage
+    epochs: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    wrapped: torch.nn.Module
+    select_by: str
+    forward_kwargs: dict[str, Any]
+
+
+class Trainer:
+    """One training run of ``model`` with a built scheme: :meth:`run` → stages → epochs → steps.
+
+    Holds the run's fixed parts (accelerator, data order, checkpoint folder) and its evolving
+    :class:`offramp.checkpoint.TrainState` (position, log, best epoch), which is what checkpoints save.
+    """
+
+    def __init__(
+        self,
+        model: MultiExitModel,
+        train_data: TextDataset,
+        val_data: TextDataset | None,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        *,
+        scheme: Scheme,
+        resume: bool | str | Path = False,
+    ):
+        self.model, self.val_data, self.cfg, self.out_dir = model, val_data, cfg, out_dir
+        self.scheme, self.stages, self.resume = scheme, scheme.stages(), resume
+        self.accelerator = make_accelerator(cfg)
+        set_seed(cfg.seed)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        loader = make_loader(train_data, model.tokenizer, cfg.batch_size, cfg.max_length, shuffle=False)
+        self.rows, self.collate = loader.dataset, loader.collate_fn
+        lengths = [len(r["input_ids"]) for r in self.rows.features] if cfg.group_by_length else None
+        self.order = BatchOrder(len(self.rows), cfg.batch_size, cfg.seed, self.world, self.rank, lengths)
+        self.steps_per_epoch = math.ceil(self.order.per_rank / cfg.grad_accum)
+        self.signature = run_signature(cfg, len(self.rows), self.world, scheme)
+        self.checkpoint_root = checkpoint_root(cfg, out_dir)
+        if (
+            (cfg.save_every or resume)
+            and self.checkpoint_root is None
+            and not isinstance(resume, (str, Path))
+        ):
+            raise ValueError("checkpoints need a folder: give out_dir or TrainConfig.checkpoint_dir")
+        log = {"config": asdict(cfg), "scheme": scheme.config.to_dict(), "stages": [], "epochs": []}
+        self.state = TrainState(log=log)
+        self.saved: SavedCheckpoint | None = None  # set while the stage to resume is being rebuilt
+        self.step_seconds: list[float] = []  # wall time of each optimiser step here (not checkpointed)
+        self.started = 0.0
+
+    @property
+    def log(self) -> dict[str, Any]:
+        """The training log (part of the checkpointed state)."""
+        return self.state.log
+
+    def _say(self, line: str) -> None:
+        if self.cfg.progress and self.accelerator.is_local_main_process:
+            tqdm.write(line)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train every stage (from the checkpoint when resuming); save the model; return the log."""
+        self.restore_or_start()
+        self.started = time.perf_counter() - self.state.elapsed
+        with self.scheme.attached(self.model):
+            for index in range(self.state.position.stage, len(self.stages)):
+                if not self.run_stage(index):
+                    return self._stopped()
+        return self._finish()
+
+    def restore_or_start(self) -> None:
+        """Continue from a checkpoint (``resume``), or start the scheme fresh."""
+        path = None
+        if isinstance(self.resume, (str, Path)):
+            path = find_checkpoint(self.resume)
+            if path is None:
+                raise FileNotFoundError(f"no checkpoint found at {str(self.resume)!r}")
+        elif self.resume and self.checkpoint_root is not None:  # none yet: start fresh
+            path = find_checkpoint(self.checkpoint_root)
+        if path is None:
+            self.scheme.start(self.cfg.seed, self.rank)
+            return
+        self.saved = SavedCheckpoint(path, self.rank)
+        self.saved.check_signature(self.signature)
+        self.state = self.saved.train_state()
+        self.saved.restore_run(self.model, self.scheme)
+        if self.accelerator.is_main_process and self.cfg.progress:
+            tqdm.write(f"resuming from {path} (step {self.state.position.global_step})")
+
+    def run_stage(self, index: int) -> bool:
+        """Train one stage to its end and keep its best epoch; False when ``stop_after`` ended the run."""
+        state, pos = self.state, self.state.position
+        if self.saved is None:
+            pos.start_stage(index)
+            state.best_score, state.best_state = -math.inf, None
+        run = self.prepare_stage(index)
+        if self.saved is not None:
+            self.saved.restore_step(run.optimizer, run.scheduler)
+            self.saved = None
+        else:
+            self.log["stages"].append({"name": run.stage.name, "total_steps": run.total_steps})
+        for epoch in range(pos.epoch, run.epochs):
+            if not self.run_epoch(run, epoch):
+                return False
+            self.end_epoch(run, epoch)
+        if state.best_state is not None:
+            self.model.load_state_dict(state.best_state)
+            self.log["stages"][index]["best_val_score"] = state.best_score
+            self.log["best_val_score"] = state.best_score
+        pos.stage = index + 1
+        return True
+
+    def prepare_stage(self, index: int) -> StageRun:
+        """Freeze what the stage does not train; a fresh optimiser and schedule over the stage's steps."""
+        stage, cfg, model = self.stages[index], self.cfg, self.model
+        trainable = stage.trainable(model) if stage.trainable is not None else None
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable is None or name in trainable)
+        stage_epochs = stage.epochs or cfg.epochs
+        total_steps = max(1, math.ceil(self.steps_per_epoch * stage_epochs))
+        optimizer = make_optimizer(model, cfg)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+        )
+        wrapped, optimizer = self.accelerator.prepare(model, optimizer)
+        return StageRun(
+            index=index,
+            stage=stage,
+            epochs=math.ceil(stage_epochs),
+            total_steps=total_steps,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            wrapped=wrapped,
+            select_by=stage.select_by or cfg.select_by,
+            forward_kwargs={**self.scheme.forward_kwargs, **stage.forward_kwargs},
+        )
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def run_epoch(self, run: StageRun, epoch: int) -> bool:
+        """The epoch's optimiser steps from the current position; False when ``stop_after`` is reached."""
+        pos, cfg = self.state.position, self.cfg
+        pos.epoch = epoch
+        self.model.train()
+        batches = self.order.batches(run.index, epoch)
+        windows = [batches[i : i + cfg.grad_accum] for i in range(pos.batch, len(batches), cfg.grad_accum)]
+        bar = self._progress_bar(run, epoch, len(batches), pos.batch)
+        seen, epoch_start = 0, time.perf_counter()
+        for window in windows:
+            if pos.step >= run.total_steps:
+                break
+            seen += self.step(run, window, epoch)
+            pos.batch = min(pos.batch + len(window), len(batches))
+            bar.update(len(window))
+            rate = seen * self.world / max(time.perf_counter() - epoch_start, 1e-9)
+            bar.set_postfix(loss=f"{pos.loss_sum / max(pos.loss_batches, 1):.4f}", ex_per_s=f"{rate:.0f}")
+            if cfg.save_every and pos.global_step % cfg.save_every == 0:
+                self.save_checkpoint(run)
+            if cfg.stop_after is not None and pos.global_step >= cfg.stop_after:
+                bar.close()
+                return False
+        bar.close()
+        return True
+
+    def _progress_bar(self, run: StageRun, epoch: int, total: int, initial: int) -> Any:
+        desc = f"epoch {epoch + 1}/{run.epochs}"
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=f"{run.stage.name} {desc}" if len(self.stages) > 1 else desc,
+            disable=not (self.cfg.progress and self.accelerator.is_local_main_process),
+            leave=False,
+        )
+
+    def step(self, run: StageRun, window: list[list[int]], epoch: int) -> int:
+        """One optimiser step over ``window`` (``grad_accum`` batches); returns the rows seen."""
+        start, pos, accelerator = time.perf_counter(), self.state.position, self.accelerator
+        info = {
+            "regression": self.model.is_regression,
+            "world_size": self.world,
+            "step": pos.step,
+            "total_steps": run.total_steps,
+            "epoch": epoch,
+            "stage": run.stage.name,
+            "global_step": pos.global_step,
+        }
+        seen = 0
+        for i, idx in enumerate(window):
+            batch = {
+                k: v.to(accelerator.device) for k, v in self.collate([self.rows[j] for j in idx]).items()
+            }
+            sync = accelerator.no_sync(run.wrapped) if i < len(window) - 1 else nullcontext()
+            with sync:
+                output = run.wrapped(**batch, **run.forward_kwargs)
+                loss = run.stage.loss(output, batch, info)
+                accelerator.backward(loss / len(window))
+            pos.loss_sum += float(loss.detach())
+            pos.loss_batches += 1
+            seen += len(idx)
+        accelerator.clip_grad_norm_(run.wrapped.parameters(), self.cfg.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        self.step_seconds.append(time.perf_counter() - start)
+        pos.step += 1
+        pos.global_step += 1
+        return seen
+
+    def save_checkpoint(self, run: StageRun) -> Path:
+        """Write a resumable checkpoint of the run as it stands (see :mod:`offramp.checkpoint`)."""
+        assert self.checkpoint_root is not None  # checked in __init__ when save_every is set
+        self.state.elapsed = time.perf_counter() - self.started
+        checkpoint = Checkpoint(
+            state=self.state,
+            signature=self.signature,
+            train_config=asdict(self.cfg),
+            model=self.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            scheme=self.scheme,
+        )
+        return save_checkpoint(self.checkpoint_root, checkpoint, self.cfg.keep_checkpoints)
+
+    # -- end of an epoch -------------------------------------------------------------------------
+    def end_epoch(self, run: StageRun, epoch: int) -> None:
+        """Scheme hook, validation, best-epoch bookkeeping, one log entry; then move to the next epoch."""
+        self.scheme.on_epoch_end(self._gather)
+        pos = self.state.position
+        entry: dict[str, Any] = {
+            "stage": run.stage.name,
+            "epoch": epoch + 1,
+            "loss": pos.loss_sum / max(pos.loss_batches, 1),
+            "steps": pos.global_step,
+        }
+        if self.val_data is not None and len(self.val_data):
+            self.validate(entry, run.select_by)
+        self.log["epochs"].append(entry)
+        self._say(epoch_line(entry))
+        pos.next_epoch()
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``tensor`` over processes (itself with one process)."""
+        if self.world == 1:
+            return tensor
+        return self.accelerator.gather(tensor.to(self.accelerator.device)).cpu()
+
+    def validate(self, entry: dict[str, Any], select_by: str) -> None:
+        """Score every exit on the validation split into ``entry``; keep the weights if best so far."""
+        cfg, state = self.cfg, self.state
+        scores = per_exit_scores(self.model, self.val_data, cfg.eval_batch_size, cfg.max_length)  # type: ignore[arg-type]
+        entry["val"] = scores
+        score = selection_score(scores, select_by)
+        if score > state.best_score:
+            state.best_score = score
+            state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            entry["best"] = True
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _stopped(self) -> dict[str, Any]:
+        self.log["stopped"] = self.state.position.global_step
+        self.log["train_seconds"] = time.perf_counter() - self.started
+        self.log["step_seconds"] = self.step_seconds
+        self.model.requires_grad_(True)
+        return self.log
+
+    def _finish(self) -> dict[str, Any]:
+        log, model = self.log, self.model
+        model.requires_grad_(True)
+        log["total_steps"] = sum(s["total_steps"] for s in log["stages"])
+        log["train_seconds"] = time.perf_counter() - self.started
+        model.eval()
+        if self.out_dir is not None and self.accelerator.is_main_process:
+            model.config.info["train"] = {k: v for k, v in log.items() if k not in ("epochs",)}
+            if self.scheme.learned is not None:
+                model.config.info["train"]["learned_exit"] = asdict(self.scheme.learned)
+            write_json_atomic(model.save(self.out_dir) / "train_log.json", log)
+        self.accelerator.wait_for_everyone()
+        log["step_seconds"] = self.step_seconds
+        return log
 
 
 def train(
@@ -333,312 +547,18 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place with a training scheme; keep the best validation epoch; save it.
 
-    ``scheme``: a name (``joint`` …), a config or a built :class:`Scheme`; or a bare ``loss_fn(output,
-    batch, info)`` hook. ``resume``: True continues from the newest checkpoint in the checkpoint folder
-    (starting fresh if there is none), a path continues from that checkpoint. Returns the training log
-    (per-epoch loss and validation per-exit scores, timing); ``log["stopped"]`` is set when
-    ``cfg.stop_after`` ended the run early.
+    ``scheme``: a name (``joint`` …), a config or a built :class:`~offramp.schemes.Scheme`; or a bare
+    ``loss_fn(output, batch, info)`` hook. ``resume``: True continues from the newest checkpoint in the
+    checkpoint folder (starting fresh if there is none), a path continues from that checkpoint. Returns
+    the training log (per-epoch loss and validation per-exit scores, timing); ``log["stopped"]`` is set
+    when ``cfg.stop_after`` ended the run early.
     """
-    # Several processes without a GPU (torchrun on CPU): Accelerate only forms a group with cpu=True.
-    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=cfg.cpu or multi_cpu,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    if int(os.environ.get("WORLD_SIZE", "1")) != accelerator.num_processes:
-        raise RuntimeError(
-            f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate formed a group of "
-            f"{accelerator.num_processes}: an Accelerator/PartialState was created before train() without "
-            "cpu=True; on a machine without a GPU set ACCELERATE_USE_CPU=1 or create none before training"
-        )
-    set_seed(cfg.seed)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
-    built = _resolve_scheme(model, scheme, loss_fn, forward_kwargs, learned_exit)
-    stages = built.stages()
-    regression = model.is_regression
-
-    base_loader = make_loader(train_data, model.tokenizer, cfg.batch_size, cfg.max_length, shuffle=False)
-    rows, collate = base_loader.dataset, base_loader.collate_fn
-    lengths = [len(r["input_ids"]) for r in rows.features] if cfg.group_by_length else None
-    order = BatchOrder(len(rows), cfg.batch_size, cfg.seed, world, rank, lengths)
-    steps_per_epoch = math.ceil(order.per_rank / cfg.grad_accum)
-    signature = _signature(cfg, len(rows), world, built)
-
-    ckpt_root: Path | None = None
-    if cfg.checkpoint_dir:
-        ckpt_root = Path(cfg.checkpoint_dir)
-    elif out_dir is not None:
-        ckpt_root = Path(out_dir).with_name(Path(out_dir).name + ".checkpoints")
-    if (cfg.save_every or resume) and ckpt_root is None and not isinstance(resume, (str, Path)):
-        raise ValueError("checkpoints need a folder: give out_dir or TrainConfig.checkpoint_dir")
-
-    # -- where to start -----------------------------------------------------------------------
-    pos = {
-        "stage": 0,
-        "epoch": 0,
-        "batch": 0,
-        "step": 0,
-        "global_step": 0,
-        "loss_sum": 0.0,
-        "loss_batches": 0,
-    }
-    log: dict[str, Any] = {
-        "config": asdict(cfg),
-        "scheme": built.config.to_dict(),
-        "stages": [],
-        "epochs": [],
-    }
-    best_score, best_state = -math.inf, None
-    elapsed = 0.0
-    resume_dir: Path | None = None
-    if resume:
-        resume_dir = find_checkpoint(resume if isinstance(resume, (str, Path)) else ckpt_root)  # type: ignore[arg-type]
-        if resume_dir is None and isinstance(resume, (str, Path)):
-            raise FileNotFoundError(f"no checkpoint found at {str(resume)!r}")
-    saved: dict[str, Any] | None = None
-    if resume_dir is not None:
-        saved = json.loads((resume_dir / STATE_FILE).read_text())
-        if saved.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint {str(resume_dir)!r}: format {saved.get('format')}, expected {CHECKPOINT_FORMAT}"
-            )
-        diff = {
-            k: (saved["signature"].get(k), v) for k, v in signature.items() if saved["signature"].get(k) != v
-        }
-        if diff:
-            raise ValueError(
-                f"checkpoint {str(resume_dir)!r} was written by a different run; differences "
-                f"(checkpoint, now): {diff}"
-            )
-        pos = dict(saved["position"])
-        log = dict(saved["log"])
-        best_score = -math.inf if saved["best_score"] is None else float(saved["best_score"])
-        if (resume_dir / "best.safetensors").is_file():
-            best_state = load_file(str(resume_dir / "best.safetensors"))
-        elapsed = float(saved["elapsed"])
-        load_model(model, str(resume_dir / "model.safetensors"), strict=True)
-        rank_tensors = load_file(str(resume_dir / f"rank-{rank}.safetensors"))
-        rank_meta = json.loads((resume_dir / f"rank-{rank}.json").read_text())
-        scheme_state = dict(rank_meta["scheme"])
-        scheme_state.update(
-            {k[len("scheme.") :]: v for k, v in rank_tensors.items() if k.startswith("scheme.")}
-        )
-        built.load_state_dict(scheme_state)
-        if main and cfg.progress:
-            tqdm.write(f"resuming from {resume_dir} (step {pos['global_step']})")
-    else:
-        built.start(cfg.seed, rank)
-
-    start = time.perf_counter() - elapsed
-    step_seconds: list[float] = []  # wall time of each optimiser step of this process (not checkpointed)
-    info_base = {"regression": regression, "world_size": world}
-    with built.attached(model):
-        for stage_index in range(pos["stage"], len(stages)):
-            stage = stages[stage_index]
-            resuming_here = saved is not None and stage_index == saved["position"]["stage"]
-            if not resuming_here:
-                pos.update(stage=stage_index, epoch=0, batch=0, step=0, loss_sum=0.0, loss_batches=0)
-                best_score, best_state = -math.inf, None
-            trainable = stage.trainable(model) if stage.trainable is not None else None
-            for name, param in model.named_parameters():
-                param.requires_grad_(trainable is None or name in trainable)
-            stage_epochs = stage.epochs or cfg.epochs
-            total_steps = max(1, math.ceil(steps_per_epoch * stage_epochs))
-            optimizer = make_optimizer(model, cfg)
-            scheduler = get_linear_schedule_with_warmup(
-                optimizer, int(cfg.warmup_ratio * total_steps), total_steps
-            )
-            wrapped, optimizer = accelerator.prepare(model, optimizer)
-            if resuming_here:
-                opt_tensors = load_file(str(resume_dir / "optimizer.safetensors"))  # type: ignore[operator]
-                _load_optimizer_state(optimizer, opt_tensors, saved["optimizer"])  # type: ignore[index]
-                scheduler.load_state_dict(saved["scheduler"])  # type: ignore[index]
-                _set_rng_state(rank_tensors, rank_meta["rng"])
-            if not resuming_here:
-                log["stages"].append({"name": stage.name, "total_steps": total_steps})
-            select_by = stage.select_by or cfg.select_by
-            fwd = {**built.forward_kwargs, **stage.forward_kwargs}
-            n_epochs = math.ceil(stage_epochs)
-            for epoch in range(pos["epoch"], n_epochs):
-                pos["epoch"] = epoch
-                model.train()
-                batches = order.batches(stage_index, epoch)
-                windows = [
-                    batches[i : i + cfg.grad_accum] for i in range(pos["batch"], len(batches), cfg.grad_accum)
-                ]
-                bar = tqdm(
-                    total=len(batches),
-                    initial=pos["batch"],
-                    desc=f"{stage.name} epoch {epoch + 1}/{n_epochs}"
-                    if len(stages) > 1
-                    else f"epoch {epoch + 1}/{n_epochs}",
-                    disable=not (cfg.progress and accelerator.is_local_main_process),
-                    leave=False,
-                )
-                seen, epoch_start = 0, time.perf_counter()
-                for window in windows:
-                    if pos["step"] >= total_steps:
-                        break
-                    step_start = time.perf_counter()
-                    info = {
-                        **info_base,
-                        "step": pos["step"],
-                        "total_steps": total_steps,
-                        "epoch": epoch,
-                        "stage": stage.name,
-                        "global_step": pos["global_step"],
-                    }
-                    for i, idx in enumerate(window):
-                        batch = {
-                            k: v.to(accelerator.device) for k, v in collate([rows[j] for j in idx]).items()
-                        }
-                        sync = accelerator.no_sync(wrapped) if i < len(window) - 1 else nullcontext()
-                        with sync:
-                            output = wrapped(**batch, **fwd)
-                            loss = stage.loss(output, batch, info)
-                            accelerator.backward(loss / len(window))
-                        pos["loss_sum"] += float(loss.detach())
-                        pos["loss_batches"] += 1
-                        seen += len(idx)
-                    accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step_seconds.append(time.perf_counter() - step_start)
-                    pos["step"] += 1
-                    pos["global_step"] += 1
-                    pos["batch"] = min(pos["batch"] + len(window), len(batches))
-                    bar.update(len(window))
-                    rate = seen * world / max(time.perf_counter() - epoch_start, 1e-9)
-                    bar.set_postfix(
-                        loss=f"{pos['loss_sum'] / max(pos['loss_batches'], 1):.4f}", ex_per_s=f"{rate:.0f}"
-                    )
-                    if cfg.save_every and pos["global_step"] % cfg.save_every == 0:
-                        _save_checkpoint(
-                            accelerator,
-                            ckpt_root,
-                            cfg,
-                            pos,
-                            log,
-                            signature,
-                            best_score,
-                            best_state,  # type: ignore[arg-type]
-                            time.perf_counter() - start,
-                            model,
-                            optimizer,
-                            scheduler,
-                            built,
-                        )
-                    if cfg.stop_after is not None and pos["global_step"] >= cfg.stop_after:
-                        bar.close()
-                        log["stopped"] = pos["global_step"]
-                        log["train_seconds"] = time.perf_counter() - start
-                        log["step_seconds"] = step_seconds
-                        model.requires_grad_(True)
-                        return log
-                bar.close()
-                # -- end of epoch: scheme hook, validation, best epoch ----------------------------
-                built.on_epoch_end(
-                    lambda t: accelerator.gather(t.to(accelerator.device)).cpu() if world > 1 else t
-                )
-                entry: dict[str, Any] = {
-                    "stage": stage.name,
-                    "epoch": epoch + 1,
-                    "loss": pos["loss_sum"] / max(pos["loss_batches"], 1),
-                    "steps": pos["global_step"],
-                }
-                if val_data is not None and len(val_data):
-                    scores = per_exit_scores(model, val_data, cfg.eval_batch_size, cfg.max_length)
-                    entry["val"] = scores
-                    score = selection_score(scores, select_by)
-                    if score > best_score:
-                        best_score = score
-                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                        entry["best"] = True
-                log["epochs"].append(entry)
-                if accelerator.is_local_main_process and cfg.progress:
-                    tqdm.write(_epoch_line(entry))
-                pos.update(batch=0, loss_sum=0.0, loss_batches=0)
-                pos["epoch"] = epoch + 1
-            if best_state is not None:
-                model.load_state_dict(best_state)
-                log["stages"][stage_index]["best_val_score"] = best_score
-                log["best_val_score"] = best_score
-            saved = None
-            pos["stage"] = stage_index + 1
-    model.requires_grad_(True)
-    log["total_steps"] = sum(s["total_steps"] for s in log["stages"])
-    log["train_seconds"] = time.perf_counter() - start
-    model.eval()
-    if out_dir is not None and main:
-        model.config.info["train"] = {k: v for k, v in log.items() if k not in ("epochs",)}
-        if built.learned is not None:
-            model.config.info["train"]["learned_exit"] = asdict(built.learned)
-        path = model.save(out_dir)
-        (path / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    log["step_seconds"] = step_seconds
-    return log
+    built = resolve_scheme(model, scheme, loss_fn, forward_kwargs, learned_exit)
+    return Trainer(model, train_data, val_data, cfg, out_dir, scheme=built, resume=resume).run()
 
 
-def _save_checkpoint(
-    accelerator: Accelerator,
-    root: Path,
-    cfg: TrainConfig,
-    pos: dict[str, Any],
-    log: dict[str, Any],
-    signature: dict[str, Any],
-    best_score: float,
-    best_state: dict[str, torch.Tensor] | None,
-    elapsed: float,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scheme: Scheme,
-) -> Path:
-    """Write ``root/step-XXXXXXXX`` atomically: each process its RNG + scheme state, the main one the rest."""
-    name = f"step-{pos['global_step']:08d}"
-    tmp = root / f".{name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rank = accelerator.process_index
-    rng_tensors, rng_meta = _rng_state()
-    scheme_tensors, scheme_plain = _split_state(scheme.state_dict())
-    save_file(
-        {**rng_tensors, **{f"scheme.{k}": v for k, v in scheme_tensors.items()}},
-        str(tmp / f"rank-{rank}.safetensors"),
-    )
-    (tmp / f"rank-{rank}.json").write_text(json.dumps({"rng": rng_meta, "scheme": scheme_plain}))
-    accelerator.wait_for_everyone()
-    final = root / name
-    if accelerator.is_main_process:
-        save_model(model, str(tmp / "model.safetensors"))
-        opt_tensors, opt_meta = _optimizer_state(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        if best_state is not None:
-            save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "position": dict(pos),
-            "signature": signature,
-            "log": log,
-            "best_score": None if best_score == -math.inf else best_score,
-            "elapsed": elapsed,
-            "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict(),
-            "train_config": asdict(cfg),
-        }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # written last: marks the folder complete
-        replace_dir(tmp, final)
-        _prune(root, cfg.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _epoch_line(entry: dict[str, Any]) -> str:
+def epoch_line(entry: dict[str, Any]) -> str:
+    """One printed line per epoch: loss, and validation scores per exit."""
     line = f"epoch {entry['epoch']}: loss {entry['loss']:.4f}"
     if "val" in entry:
         key = entry["val"][0]["metric"]
@@ -647,7 +567,7 @@ def _epoch_line(entry: dict[str, Any]) -> str:
 
 
 # =============================================================================================
-# One call from plain arguments (the CLI's entry point)
+# Build a model from a RunSpec, then train it (the CLI's entry point)
 # =============================================================================================
 
 #: ``factory(exits, **config_kwargs)``: a model with those exits; ``config_kwargs`` are ``ExitConfig``
@@ -656,94 +576,119 @@ def _epoch_line(entry: dict[str, Any]) -> str:
 ModelFactory = Callable[..., MultiExitModel]
 
 
+@dataclass
+class RunSpec:
+    """What to train: the model to build and the scheme to train it with (optimisation: ``TrainConfig``).
+
+    ``scheme``: a registered name (``offramp.schemes.list_schemes()``) with ``scheme_options`` (strings
+    are converted to the option's type), or a config. ``exits``: a spec like ``"1,3,6"`` or layers
+    (for ``multi-model``, the member depths). ``learned_exit`` adds BERxiT confidence heads
+    (``learned_exit_options``: ``loss``, ``detach``, ``weight``). ``info`` is saved with the model.
+    ``model_factory(exits, **config_kwargs)`` replaces loading ``backbone`` (tests use tiny models).
+    """
+
+    backbone: str = "minilm-l6"
+    scheme: str | SchemeConfig = "joint"
+    scheme_options: dict[str, Any] = field(default_factory=dict)
+    exits: str | list[int] | None = None
+    head: str = "auto"
+    dropout: float = 0.1
+    learned_exit: bool | LearnedExitConfig = False
+    learned_exit_options: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    model_factory: ModelFactory | None = None
+
+    def scheme_config(self) -> SchemeConfig:
+        """The scheme as a config (options validated)."""
+        if isinstance(self.scheme, SchemeConfig):
+            return self.scheme
+        return get_scheme_config(self.scheme, **(self.scheme_options or {}))
+
+    def learned_config(self) -> LearnedExitConfig | None:
+        """The learned-exit heads' config, or None without them."""
+        if isinstance(self.learned_exit, LearnedExitConfig):
+            return self.learned_exit
+        if self.learned_exit or self.learned_exit_options:
+            return LearnedExitConfig(**(self.learned_exit_options or {}))
+        return None
+
+
+@dataclass
+class _Job:
+    """One build_and_train call, resolved: data, spec, config, and what follows from them."""
+
+    spec: RunSpec
+    cfg: TrainConfig
+    train_data: TextDataset
+    val_data: TextDataset | None
+    out_dir: str | Path | None
+    resume: bool | str | Path
+    on_model: Callable[[MultiExitModel], None] | None
+    scheme: SchemeConfig
+    learned: LearnedExitConfig | None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """``ExitConfig`` fields that follow from the data and the spec."""
+        data = self.train_data
+        return {
+            "problem_type": "regression" if data.is_regression else "classification",
+            "dropout": self.spec.dropout,
+            "learned_exit": self.learned is not None,
+            "label_names": data.label_names,
+            "task": data.task,
+            "max_length": self.cfg.max_length,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """What the saved model records about how it was trained."""
+        base = {"scheme": self.scheme.to_dict(), "train_size": len(self.train_data), "seed": self.cfg.seed}
+        return {**base, **(self.spec.info or {})}
+
+    def announce(self, model: MultiExitModel) -> None:
+        """Tell the caller's ``on_model`` about a model about to train."""
+        if self.on_model is not None:
+            self.on_model(model)
+
+
 def build_and_train(
     train_data: TextDataset,
     val_data: TextDataset | None = None,
     out_dir: str | Path | None = None,
-    *,
-    backbone: str = "minilm-l6",
-    scheme: str | SchemeConfig = "joint",
-    scheme_options: dict[str, Any] | None = None,
-    exits: str | list[int] | None = None,
-    head: str = "auto",
-    dropout: float = 0.1,
-    learned_exit: bool | LearnedExitConfig = False,
-    learned_exit_options: dict[str, Any] | None = None,
+    spec: RunSpec | None = None,
     config: TrainConfig | None = None,
+    *,
     resume: bool | str | Path = False,
-    model_factory: ModelFactory | None = None,
-    info: dict[str, Any] | None = None,
     on_model: Callable[[MultiExitModel], None] | None = None,
-    **train_options: Any,
 ) -> tuple[MultiExitModel | CascadeModel, dict[str, Any]]:
-    """Build a model for ``train_data``'s task, train it with ``scheme``, save it to ``out_dir``.
+    """Build a model for ``train_data``'s task as ``spec`` says, train it, save it to ``out_dir``.
 
-    ``scheme``: a registered name (``offramp.losses.list_schemes()``) with ``scheme_options`` (strings
-    are converted to the option's type), or a config. ``learned_exit`` adds BERxiT confidence heads
-    (``learned_exit_options``: ``loss``, ``detach``, ``weight``). ``train_options`` are
-    :class:`TrainConfig` fields (``epochs=1, lr=1e-4, save_every=50, ...``) applied over ``config``.
-    ``model_factory(exits, **config_kwargs)`` replaces loading ``backbone`` (tests use tiny random
-    models). For ``multi-model`` the exits are the member depths and the result is a
-    :class:`CascadeModel`. ``on_model(model)`` is called once a model (each cascade member) is built,
-    before it trains (the CLI prints what it is about to train).
+    ``config``: the optimisation settings (default :class:`TrainConfig`). For ``multi-model`` the
+    exits are the member depths and the result is a :class:`CascadeModel`. ``resume``: as in
+    :func:`train`. ``on_model(model)`` is called once a model (each cascade member) is built, before it
+    trains (the CLI prints what it is about to train).
     """
-    cfg = TrainConfig(**{**(asdict(config) if config else {}), **train_options})
-    scheme_cfg = (
-        scheme if isinstance(scheme, SchemeConfig) else get_scheme_config(scheme, **(scheme_options or {}))
-    )
-    learned_cfg: LearnedExitConfig | None = None
-    if isinstance(learned_exit, LearnedExitConfig):
-        learned_cfg = learned_exit
-    elif learned_exit or learned_exit_options:
-        learned_cfg = LearnedExitConfig(**(learned_exit_options or {}))
+    spec = spec or RunSpec()
+    cfg = config or TrainConfig()
+    scheme, learned = spec.scheme_config(), spec.learned_config()
     if train_data.labels is None:
         raise ValueError("training data has no labels")
-    model_kwargs = {
-        "problem_type": "regression" if train_data.is_regression else "classification",
-        "dropout": dropout,
-        "learned_exit": learned_cfg is not None,
-        "label_names": train_data.label_names,
-        "task": train_data.task,
-        "max_length": cfg.max_length,
-    }
-
-    def make(exit_layers: str | list[int] | None) -> MultiExitModel:
-        set_seed(cfg.seed)  # head initialisation is part of the run's seed
-        if model_factory is not None:
-            return model_factory(exit_layers, **model_kwargs)
-        return MultiExitModel.from_backbone(
-            backbone, num_labels=train_data.num_labels, exits=exit_layers, head=head, **model_kwargs
+    job = _Job(spec, cfg, train_data, val_data, out_dir, resume, on_model, scheme, learned)
+    if isinstance(scheme, MultiModelConfig):
+        return _train_cascade(job)
+    set_seed(cfg.seed)  # head initialisation is part of the run's seed
+    if spec.model_factory is not None:
+        model = spec.model_factory(spec.exits, **job.model_kwargs())
+    else:
+        model = MultiExitModel.from_backbone(
+            spec.backbone,
+            num_labels=train_data.num_labels,
+            exits=spec.exits,
+            head=spec.head,
+            **job.model_kwargs(),
         )
-
-    provenance = {
-        "scheme": scheme_cfg.to_dict(),
-        "train_size": len(train_data),
-        "seed": cfg.seed,
-        **(info or {}),
-    }
-    if isinstance(scheme_cfg, MultiModelConfig):
-        return _train_cascade(
-            train_data,
-            val_data,
-            out_dir,
-            cfg,
-            backbone,
-            exits,
-            head,
-            model_kwargs,
-            learned_cfg,
-            model_factory,
-            resume,
-            provenance,
-            on_model,
-        )
-    model = make(exits)  # type: ignore[arg-type]  # a spec like "1,3,6" is parsed against the backbone
-    model.config.info.update(provenance)
-    if on_model is not None:
-        on_model(model)
-    log = train(
-        model, train_data, val_data, cfg, out_dir, scheme=scheme_cfg, learned_exit=learned_cfg, resume=resume
-    )
+    model.config.info.update(job.provenance())
+    job.announce(model)
+    log = train(model, train_data, val_data, cfg, out_dir, scheme=scheme, learned_exit=learned, resume=resume)
     return model, log
 
 
@@ -759,83 +704,78 @@ def _num_layers(backbone: str, factory: ModelFactory | None) -> int:
         ) from exc
 
 
-def _train_cascade(
-    train_data: TextDataset,
-    val_data: TextDataset | None,
-    out_dir: str | Path | None,
-    cfg: TrainConfig,
-    backbone: str,
-    exits: str | list[int] | None,
-    head: str,
-    model_kwargs: dict[str, Any],
-    learned_cfg: LearnedExitConfig | None,
-    factory: ModelFactory | None,
-    resume: bool | str | Path,
-    provenance: dict[str, Any],
-    on_model: Callable[[MultiExitModel], None] | None = None,
-) -> tuple[CascadeModel, dict[str, Any]]:
+def _train_member(
+    job: _Job, k: int, depth: int, done: Path | None, ck_root: Path | None
+) -> tuple[MultiExitModel, dict[str, Any]]:
+    """Build member ``k`` (0-based: the backbone cut to ``depth`` layers, one exit there) and train it
+    alone with CE, saving it to ``done``; its checkpoints go to ``ck_root/member-k``."""
+    spec, kwargs = job.spec, job.model_kwargs()
+    set_seed(job.cfg.seed)
+    if spec.model_factory is not None:
+        member = truncate_backbone(spec.model_factory([depth], **kwargs), depth)
+    else:
+        member = truncated_member(spec.backbone, job.train_data.num_labels, depth, spec.head, **kwargs)
+    member.config.info.update({**job.provenance(), "cascade_member": k + 1})
+    job.announce(member)
+    ck_dir = str(ck_root / f"member-{k + 1}") if ck_root is not None else None
+    cfg = replace(job.cfg, checkpoint_dir=ck_dir)
+    resume = job.resume and ck_root is not None
+    log = train(
+        member,
+        job.train_data,
+        job.val_data,
+        cfg,
+        done,
+        scheme="joint",
+        learned_exit=job.learned,
+        resume=resume,
+    )
+    return member, log
+
+
+def _load_member(done: Path) -> tuple[MultiExitModel, dict[str, Any]]:
+    """A member finished by an earlier, interrupted run, and its training log."""
+    log_file = done / "train_log.json"
+    return MultiExitModel.load(done), json.loads(log_file.read_text()) if log_file.is_file() else {}
+
+
+def _train_cascade(job: _Job) -> tuple[CascadeModel, dict[str, Any]]:
     """SWEET's Multi-Model baseline: one truncated model per depth, each trained alone with CE.
 
     Finished members are kept in ``<out_dir>.members/`` (and each member's checkpoints in
     ``<checkpoint_dir or out_dir.checkpoints>/member-k``), so a resumed run skips them.
     """
-    depths = parse_exits(exits, _num_layers(backbone, factory))
+    out_dir = job.out_dir
+    depths = parse_exits(job.spec.exits, _num_layers(job.spec.backbone, job.spec.model_factory))
     staging = Path(out_dir).with_name(Path(out_dir).name + ".members") if out_dir is not None else None
-    ck_root = (
-        Path(cfg.checkpoint_dir)
-        if cfg.checkpoint_dir
-        else (Path(out_dir).with_name(Path(out_dir).name + ".checkpoints") if out_dir is not None else None)
-    )
-    members, logs = [], []
+    ck_root = checkpoint_root(job.cfg, out_dir)
+    members: list[MultiExitModel] = []
+    logs: list[dict[str, Any]] = []
     for k, depth in enumerate(depths):
         done = staging / f"member-{k + 1}" if staging is not None else None
-        if resume and done is not None and (done / "offramp.json").is_file():
-            member = MultiExitModel.load(done)
-            logs.append(
-                json.loads((done / "train_log.json").read_text())
-                if (done / "train_log.json").is_file()
-                else {}
-            )
-            members.append(member)
-            continue
-        set_seed(cfg.seed)
-        if factory is not None:
-            member = truncate_backbone(factory([depth], **model_kwargs), depth)
+        if job.resume and done is not None and (done / "offramp.json").is_file():
+            member, log = _load_member(done)
         else:
-            member = truncated_member(backbone, train_data.num_labels, depth, head, **model_kwargs)
-        member.config.info.update({**provenance, "cascade_member": k + 1})
-        if on_model is not None:
-            on_model(member)
-        member_cfg = TrainConfig(
-            **{
-                **asdict(cfg),
-                "checkpoint_dir": str(ck_root / f"member-{k + 1}") if ck_root is not None else None,
-            }
-        )
-        log = train(
-            member,
-            train_data,
-            val_data,
-            member_cfg,
-            done,
-            scheme="joint",
-            learned_exit=learned_cfg,
-            resume=resume and ck_root is not None,
-        )
-        if "stopped" in log:
-            return CascadeModel(members + [member]), {"members": logs + [log], "stopped": log["stopped"]}
-        logs.append(log)
+            member, log = _train_member(job, k, depth, done, ck_root)
+            if "stopped" in log:
+                return CascadeModel(members + [member]), {"members": logs + [log], "stopped": log["stopped"]}
         members.append(member)
-    cascade = CascadeModel(members)
-    cascade.config.info.update(provenance)
+        logs.append(log)
+    return _save_cascade(job, CascadeModel(members), logs, staging)
+
+
+def _save_cascade(
+    job: _Job, cascade: CascadeModel, logs: list[dict[str, Any]], staging: Path | None
+) -> tuple[CascadeModel, dict[str, Any]]:
+    """Save the finished cascade with its members' logs; drop the staged members."""
+    cascade.config.info.update(job.provenance())
     log = {"members": logs, "train_seconds": sum(m.get("train_seconds", 0.0) for m in logs)}
     state = PartialState()  # already set up by train()
-    if out_dir is not None and state.is_main_process:
+    if job.out_dir is not None and state.is_main_process:
         cascade.config.info["train"] = {
             "members": [{k: v for k, v in m.items() if k != "epochs"} for m in logs]
         }
-        path = cascade.save(out_dir)
-        (path / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+        write_json_atomic(cascade.save(job.out_dir) / "train_log.json", log)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from offramp.simulate import simulate
 from offramp.policies import get_policy, list_policies
+from offramp.simulate import simulate
 
 K, N, C, T = 6, 10_000, 2, 100
 REPEATS = 3

@@ -153,10 +153,14 @@ def train_and_score(task: str, run: str, seed: int, args: argparse.Namespace, ou
 def score_outputs(outputs: Any, multi_model: bool | None = None) -> dict[str, Any]:
     """Per-exit accuracy and every policy's curve, accuracy at the targets and AUC (grid of 200).
 
-    The cost model comes from ``outputs.costs``; ``multi_model``, when given, must agree with it.
+    The cost model comes from ``outputs.costs``; ``multi_model``, when given, must agree with it (outputs
+    cached before exit costs were stored get the cascade's costs from it).
     """
+    from offramp.metrics import ExitCosts
     from offramp.report import evaluate_policies
 
+    if multi_model and outputs.exit_costs is None:
+        outputs.exit_costs = list(ExitCosts.cascade(outputs.exits).costs)
     result = evaluate_policies(outputs, None, False, POLICIES, grid_size=200, targets=TARGETS).to_json()
     if multi_model is not None and multi_model != result["multi_model"]:
         raise ValueError(f"multi_model={multi_model} but the outputs' exit costs say {result['multi_model']}")
@@ -231,27 +235,18 @@ class Evidence:
 
     def curves(self, run: str, policy: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """Per seed: layers [T, N], correctness [T, N] and L of every setting of ``policy``'s sweep."""
-        from offramp.calibrate import sweep
-        from offramp.metrics import layers_per_input
+        from offramp.metrics import ExitCosts
         from offramp.policies import get_policy
+        from offramp.simulate import sweep
 
         key = (run, policy)
         if key not in self._curves:
             found = []
             for o in self.outputs[run]:
-                res = sweep(
-                    get_policy(policy),
-                    o.logits,
-                    o.labels,
-                    o.exits,
-                    None,
-                    o.confidence,
-                    None,
-                    self.multi[run],
-                    200,
-                )
-                layers = layers_per_input(np.asarray(res["exit_slot"]), o.exits, self.multi[run])
-                found.append((layers, np.asarray(res["prediction"]) == o.labels[None, :], o.exits[-1]))
+                # outputs cached before exit costs were stored: the run record says whether it is a cascade
+                costs = ExitCosts.cascade(o.exits) if self.multi[run] else o.costs
+                res = sweep(get_policy(policy), o, costs, grid_size=200)
+                found.append((res.layers, np.asarray(res.prediction) == o.labels[None, :], costs.depth))
             self._curves[key] = found
         return self._curves[key]
 

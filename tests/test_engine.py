@@ -21,8 +21,8 @@ import torch
 
 from offramp.data import default_glue_dir
 from offramp.engine import EarlyExitEngine
-from offramp.simulate import simulate
 from offramp.policies import PolicyError, get_policy
+from offramp.simulate import simulate
 
 GLUE_DIR = default_glue_dir()  # ../shared/data/glue beside the repository
 N_BATCH1 = 32

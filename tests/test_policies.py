@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from offramp.simulate import simulate
 from offramp.policies import (
     ExitOutput,
     PolicyError,
@@ -18,6 +17,7 @@ from offramp.policies import (
     policy_from_config,
     regression_policies,
 )
+from offramp.simulate import simulate
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 

@@ -452,3 +452,22 @@ def test_evaluate_cli_refuses_a_model_of_another_task(
     err = capsys.readouterr().err
     assert "'sst2'" in err and "'mrpc'" in err
     assert sorted(p.name for p in minilm_sst2_dir.iterdir()) == before  # nothing cached or written
+
+
+def test_compare_warns_about_a_seed_given_twice(tmp_path: Path) -> None:
+    a, b = _fake_run(tmp_path / "a", 7), _fake_run(tmp_path / "b", 7)
+    with pytest.warns(UserWarning, match=r"holds seed\(s\) \[7\] more than once"):
+        comparison = compare_runs([load_run(a), load_run(b)])
+    assert comparison.configurations[0].seeds == [7, 7]
+
+
+def test_output_names_follow_the_data_source(tmp_path: Path) -> None:
+    from offramp.data import TextDataset
+    from offramp.evaluate import cache_path, data_name
+
+    rows = [("good",), ("bad",)]
+    assert data_name(TextDataset(rows, [1, 0], ["0", "1"], task="sst2", source="x.tsv")) == "sst2"
+    assert data_name(TextDataset(rows, [1, 0], ["0", "1"], source="/d/My reviews.tsv")) == "My-reviews"
+    assert data_name(TextDataset(rows, [1, 0], ["0", "1"], source="imdb[test]")) == "imdb"
+    assert data_name(TextDataset(rows), fallback="mrpc") == "mrpc"
+    assert cache_path(tmp_path, "sst2", "dev") == tmp_path / "exit_outputs_sst2_dev.npz"

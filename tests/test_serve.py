@@ -283,6 +283,9 @@ BAD = [
         "unknown output 'z'",
     ),
     ("/v2/models/other/infer", {"inputs": []}, 404, "unknown model 'other'"),
+    ("/predict", b"[" * 50_000, 400, "too deeply"),
+    ("/predict", b'{"inputs": "good", "parameters": {"threshold": 1' + b"0" * 400 + b"}}", 400, "parameters"),
+    ("/predict", b'{"inputs": "good", "parameters": {"speedup": NaN}}', 400, "speedup"),
 ]
 
 
@@ -470,3 +473,27 @@ def test_cli_module_parses_flags_and_names_bad_ones(tiny: Any, tmp_path: Path) -
             cli.serve_config(own.parse_args(["m", *flags]))
     with pytest.raises((FileNotFoundError, ValueError), match="does not exist"):
         cli.run(own.parse_args([str(tmp_path / "missing")]))
+
+
+def test_pair_inputs_parse_in_both_formats() -> None:
+    from offramp.serve.protocol import RequestError, parse_predict, parse_v2_infer
+
+    config = ServeConfig()
+    one = parse_predict(b'{"inputs": ["a", "b"]}', True, config)
+    assert one.texts == [("a", "b")]  # TEI: a flat pair is one input for a pair model
+    assert parse_predict(b'{"inputs": [["a", "b"], ["c", "d"]]}', True, config).texts == [
+        ("a", "b"),
+        ("c", "d"),
+    ]
+    assert parse_predict(b'{"inputs": ["a", "b"]}', False, config).texts == ["a", "b"]
+    with pytest.raises(RequestError, match="pair model expects"):
+        parse_predict(b'{"inputs": ["a", "b", "c"]}', True, config)
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["c"]]},
+            {"name": "text_pair", "shape": [2], "datatype": "BYTES", "data": ["b", "d"]},
+        ]
+    }
+    assert parse_v2_infer(json.dumps(body).encode(), None, True, config).texts == [("a", "b"), ("c", "d")]
+    with pytest.raises(RequestError, match="needs the input 'text_pair'"):
+        parse_v2_infer(json.dumps({"inputs": body["inputs"][:1]}).encode(), None, True, config)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .cascade import CascadeModel
+from .data import display_names
 from .model import ExitModel
 from .policies import ExitOutput, Policy, PolicyError, PolicyState, get_policy, policy_from_config
 
@@ -141,7 +142,7 @@ class EarlyExitEngine:
         first = self.members[0]
         self.regression = bool(getattr(first, "is_regression", False))
         self.max_length = max_length or getattr(model.config, "max_length", None) or first.config.max_length
-        self.label_names = getattr(first.config, "label_names", None)
+        self.label_names = display_names(first.config.task, first.config.label_names)
         self.num_labels = first.config.num_labels
         self._learned = all(getattr(m.config, "learned_exit", False) for m in self.members)
         if self.is_cascade:

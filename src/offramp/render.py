@@ -96,8 +96,8 @@ def _curves_section(result: EvaluationResult) -> list[str]:
         "",
         f"{metric} of each policy at set speed-ups (L·N / Σ l(n)), linearly interpolated along its curve "
         f"(– = the curve does not reach it); AUC is the mean {metric} over speed-ups {lo:g}–{hi:g}×. "
-        f"The full model scores {num(result.final_score)}. In the plot, dotted lines mark the targets, the "
-        "star the calibrated setting.",
+        f"The full model scores {num(result.final_score)}. In the plot, dotted lines mark the targets"
+        + (" and the star the calibrated setting." if result.calibrated else "."),
         "",
         "![speed-accuracy curves](curves.png)",
         "",

@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare_runs([load_run(r) for r in args.runs])
     ids = comparison.ids()
     for conf in comparison.configurations:
-        print(f"{ids[conf.label]}: {conf.label}  ({len(conf.runs)} runs, seeds {conf.seeds})")
+        full = format_interval(conf.final)
+        print(
+            f"{ids[conf.label]}: {conf.label}  ({len(conf.runs)} runs, seeds {conf.seeds}; full model {full})"
+        )
         keys = [f"{t:g}" for t in conf.targets]
         rows = [
             [name, *[format_interval(p.at_speedup[k]) for k in keys], format_interval(p.auc)]

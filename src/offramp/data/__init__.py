@@ -24,7 +24,15 @@ from .batching import PadCollator, encode_texts, make_loader, pad_features, toke
 from .dataset import TextDataset, subsample, train_val_split
 from .errors import DataError, TruncationWarning
 from .sources import load_data, load_glue, load_hf, load_table
-from .tasks import GLUE_TASKS, TASK_ALIASES, TaskSpec, default_glue_dir, get_task_spec, task_names
+from .tasks import (
+    GLUE_TASKS,
+    TASK_ALIASES,
+    TaskSpec,
+    default_glue_dir,
+    display_names,
+    get_task_spec,
+    task_names,
+)
 
 __all__ = [
     "DataError",
@@ -34,6 +42,7 @@ __all__ = [
     "GLUE_TASKS",
     "TASK_ALIASES",
     "default_glue_dir",
+    "display_names",
     "get_task_spec",
     "task_names",
     "load_glue",

@@ -114,6 +114,24 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     )
 }
 
+#: What the 0/1 labels of the binary tasks mean (GLUE's own descriptions), for people reading predictions.
+DISPLAY_NAMES: dict[str, tuple[str, ...]] = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "wnli": ("not_entailment", "entailment"),
+}
+
+
+def display_names(task: str | None, label_names: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Readable class names: the task's meanings where its raw labels are 0/1 codes, else the raw names."""
+    spec = GLUE_TASKS.get(_LOOKUP.get(_squash(task), "")) if task else None
+    if spec is not None and spec.name in DISPLAY_NAMES and list(label_names or []) == list(spec.label_names):
+        return list(DISPLAY_NAMES[spec.name])
+    return None if label_names is None else list(label_names)
+
+
 #: Extra spellings, compared after lower-casing and dropping ``-``, ``_`` and spaces.
 TASK_ALIASES: dict[str, str] = {
     "mnlim": "mnli",

@@ -170,6 +170,12 @@ class SpeedKnob:
     # -- per request ----------------------------------------------------------------------------------
     def resolve(self, params: dict[str, Any]) -> Policy:
         """The policy for one request's ``parameters`` (policy / threshold / params / speedup)."""
+        try:
+            return self._resolve(params)
+        except (TypeError, ArithmeticError) as exc:  # e.g. a number too large for a float
+            raise KnobError(f"parameters: {exc}") from None
+
+    def _resolve(self, params: dict[str, Any]) -> Policy:
         policy = self._requested_policy(params)
         if params.get("speedup") is not None:
             if params.get("threshold") is not None:

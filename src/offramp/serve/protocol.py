@@ -52,6 +52,8 @@ def load_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "request body nests JSON too deeply") from None
 
 
 def check_limits(texts: list[Any], config: ServeConfig) -> None:

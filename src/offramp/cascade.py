@@ -28,6 +28,7 @@ from .metrics import ExitCosts
 from .model import (
     BACKBONE_ALIASES,
     ExitConfig,
+    ExitProperties,
     ModelConfig,
     ModelLoadError,
     MultiExitModel,
@@ -51,7 +52,7 @@ class CascadeConfig(ModelConfig):
     FILE: ClassVar[str] = CASCADE_FILE
 
 
-class CascadeModel(nn.Module):
+class CascadeModel(ExitProperties, nn.Module):
     """K independent single-exit models of increasing depth, evaluated like a K-exit model."""
 
     is_cascade = True
@@ -92,28 +93,11 @@ class CascadeModel(nn.Module):
         )
         self.config.exits = depths
 
-    # -- properties, mirroring MultiExitModel --------------------------------------------------
-    @property
-    def exits(self) -> list[int]:
-        """Member depths l_1..l_K (the layer each "exit" sits after, within its own model)."""
-        return list(self.config.exits)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.members)
-
-    @property
-    def depth(self) -> int:
-        return self.config.exits[-1]
-
+    # -- properties (exits, num_exits, depth, is_regression: ExitProperties) --------------------
     @property
     def exit_costs(self) -> ExitCosts:
         """Layers run to answer at member k: l_1 + … + l_k (every earlier member ran too)."""
         return ExitCosts.cascade(self.config.exits)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.config.problem_type == "regression"
 
     # -- forward ------------------------------------------------------------------------------
     def forward(

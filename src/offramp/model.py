@@ -180,6 +180,30 @@ class ExitConfig(ModelConfig):
     format_version: int = FORMAT_VERSION
 
 
+class ExitProperties:
+    """What both model kinds read off their config: exit layers, their count, depth, problem type."""
+
+    config: ModelConfig
+
+    @property
+    def exits(self) -> list[int]:
+        """The exit layers (for a cascade, the member depths l_1..l_K)."""
+        return list(self.config.exits)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.config.exits)
+
+    @property
+    def depth(self) -> int:
+        """Layers of the deepest path: up to the last exit."""
+        return self.config.exits[-1]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.config.problem_type == "regression"
+
+
 class ExitModel(Protocol):
     """What the runtime, evaluation and calibration need of a model: a multi-exit model or a cascade."""
 
@@ -277,7 +301,7 @@ class MultiExitOutput:
     confidence: torch.Tensor | None = None
 
 
-class MultiExitModel(nn.Module):
+class MultiExitModel(ExitProperties, nn.Module):
     """A backbone plus exit heads; ``forward`` returns every exit's output."""
 
     def __init__(
@@ -361,28 +385,11 @@ class MultiExitModel(nn.Module):
             if head.dense is not None and head.dense.weight.shape == dense.weight.shape:
                 head.dense.load_state_dict(dense.state_dict())
 
-    # -- properties ---------------------------------------------------------------------------
-    @property
-    def exits(self) -> list[int]:
-        return self.config.exits
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.config.exits)
-
-    @property
-    def depth(self) -> int:
-        """Layers actually run: up to the last exit."""
-        return self.config.exits[-1]
-
+    # -- properties (exits, num_exits, depth, is_regression: ExitProperties) --------------------
     @property
     def exit_costs(self) -> ExitCosts:
         """Layers an input leaving at each exit costs: the exit's own layer."""
         return ExitCosts.of_exits(self.config.exits)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.config.problem_type == "regression"
 
     # -- forward ------------------------------------------------------------------------------
     def forward(

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .engine import EarlyExitEngine, EarlyExitResult, PreparedInputs, resolve_policy
 from .metrics import primary_metric, task_metrics
 from .model import ExitModel
+from .progress import progress_bar
 
 METHODS = ("early_exit", "full", "stock")
 #: Repeats of one method whose slowest is more than this many times its fastest are "unstable".
@@ -227,7 +227,7 @@ def benchmark(
     )
     task = task or getattr(data, "task", None)
     total = len(batch_sizes) * repeats * len(METHODS)
-    with tqdm(total=total, desc="timing", unit="pass", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="timing", unit="pass", enabled=progress) as bar:
         opts = {"repeats": repeats, "warmup_batches": warmup_batches, "task": task, "progress": bar}
         for batch_size in batch_sizes:
             report.batch_sizes[batch_size] = _bench_batch_size(engine, texts, labels, batch_size, pols, opts)

@@ -202,7 +202,7 @@ def truncated_member(
         family = adapter_class(getattr(config, "model_type", None))
         if family is not None and not family.shares_layers:
             config.num_hidden_layers = depth
-        encoder = AutoModel.from_pretrained(path, config=config)
+        encoder = AutoModel.from_pretrained(path, config=config, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise ModelLoadError(

@@ -27,7 +27,7 @@ import torch
 from accelerate import PartialState
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .io import replace_dir
+from .io import follow_umask, replace_dir
 from .schemes import Scheme
 
 CHECKPOINT_FORMAT = 1
@@ -109,6 +109,7 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, keep: int) -> Path:
     final = root / name
     if dist.is_main_process:
         _write_main_files(tmp, checkpoint)
+        follow_umask(tmp)
         replace_dir(tmp, final)
         prune_checkpoints(root, keep)
     dist.wait_for_everyone()

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data import TextDataset, make_loader
 from .io import replace_file_atomic
 from .metrics import ExitCosts, exit_predictions, primary_metric, task_metrics
 from .model import ExitModel, MultiExitModel
+from .progress import progress_bar
 
 #: Files whose content defines what a model folder computes (a change invalidates cached outputs).
 CONFIG_FILES = ("offramp.json", "cascade.json", "backbone_config.json")
@@ -110,7 +110,7 @@ def collect_exit_outputs(
     device = next(model.parameters()).device
     loader = make_loader(data, model.tokenizer, batch_size, max_length or model.config.max_length)
     logits, confidence = [], []
-    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="evaluating", enabled=progress):
         inputs = {
             k: v.to(device)
             for k, v in batch.items()

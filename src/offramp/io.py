@@ -38,10 +38,20 @@ def atomic_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir(mode=0o777 & ~_umask())
     try:
         yield tmp
+        follow_umask(tmp)
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes the umask allows (writers such as safetensors
+    create 0600 files, which a service account or a colleague then cannot read)."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def replace_dir(source: Path, target: Path) -> None:

@@ -63,6 +63,7 @@ def resolve_backbone(name: str) -> str:
     if name in BACKBONE_ALIASES:
         return BACKBONE_ALIASES[name]()
     if Path(name).exists():
+        _check_safetensors(Path(name))
         return name
     short = ", ".join(BACKBONE_ALIASES)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -76,6 +77,22 @@ def resolve_backbone(name: str) -> str:
         f"cannot load backbone {name!r}: not a short name ({short}), not a local folder, not in the "
         "Hugging Face cache, and the hub cannot be reached (offline)"
     )
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """A backbone folder must hold safetensors weights: offramp never unpickles (pickle can run code)."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelLoadError(
+            f"cannot load backbone {str(folder)!r}: it holds only pickle weights ({', '.join(pickled)}) and "
+            "offramp loads safetensors only; convert once in a trusted environment with "
+            "AutoModel.from_pretrained(folder).save_pretrained(folder) (writes model.safetensors)"
+        )
 
 
 def _in_hub_cache(name: str) -> bool:
@@ -343,7 +360,7 @@ class MultiExitModel(ExitProperties, nn.Module):
         """
         path = resolve_backbone(backbone)
         try:
-            encoder = AutoModel.from_pretrained(path)
+            encoder = AutoModel.from_pretrained(path, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as exc:
             raise ModelLoadError(

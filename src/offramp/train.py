@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -40,6 +41,7 @@ from .data import TextDataset, make_loader
 from .evaluate import per_exit_scores, selection_score
 from .io import write_json_atomic
 from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
+from .progress import progress_bar
 from .schemes import (
     LearnedExitConfig,
     LossFn,
@@ -308,8 +310,9 @@ class Trainer:
         return self.state.log
 
     def _say(self, line: str) -> None:
-        if self.cfg.progress and self.accelerator.is_local_main_process:
-            tqdm.write(line)
+        """A result line (an epoch's validation scores): printed even with progress bars off."""
+        if self.accelerator.is_local_main_process:
+            tqdm.write(line, file=sys.stderr)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -417,12 +420,11 @@ class Trainer:
 
     def _progress_bar(self, run: StageRun, epoch: int, total: int, initial: int) -> Any:
         desc = f"epoch {epoch + 1}/{run.epochs}"
-        return tqdm(
+        return progress_bar(
             total=total,
             initial=initial,
             desc=f"{run.stage.name} {desc}" if len(self.stages) > 1 else desc,
-            disable=not (self.cfg.progress and self.accelerator.is_local_main_process),
-            leave=False,
+            enabled=self.cfg.progress and self.accelerator.is_local_main_process,
         )
 
     def step(self, run: StageRun, window: list[list[int]], epoch: int) -> int:

@@ -129,6 +129,9 @@ def test_options_may_come_in_any_order(work: dict[str, Path], capsys: Any) -> No
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["line"] for r in rows] == [1, 2]
     assert {r["label"] for r in rows} <= {"negative", "positive"}  # SST-2's names, not "0"/"1"
+    assert main([*argv, "--top-k", "1"]) == 0
+    for row in map(json.loads, capsys.readouterr().out.splitlines()):
+        assert list(row["probabilities"]) == [row["label"]]
 
 
 def test_a_second_writer_fails_at_start(work: dict[str, Path], capsys: Any) -> None:

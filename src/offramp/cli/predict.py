@@ -29,6 +29,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", help="write JSONL here instead of stdout")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="keep only the K most probable classes per input (many-class tasks)",
+    )
     add_policy_args(p)
     return p
 
@@ -89,13 +95,22 @@ def is_pair_task(model: Any) -> bool | None:
     return len(get_task_spec(task).text_columns) == 2
 
 
+def top_k(record: dict[str, Any], k: int | None) -> dict[str, Any]:
+    """``record`` with its probabilities cut to the ``k`` largest, most probable first."""
+    if k is None or "probabilities" not in record:
+        return record
+    ranked = sorted(record["probabilities"].items(), key=lambda item: -item[1])[:k]
+    return {**record, "probabilities": dict(ranked)}
+
+
 def run(args: argparse.Namespace) -> int:
     """Implementation of ``offramp predict``."""
     from ..cascade import load_any
     from ..engine import EarlyExitEngine
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: expected a positive count")
+    for flag, value in (("--batch-size", args.batch_size), ("--top-k", args.top_k)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive count")
     model = load_any(args.model_dir)
     policy = policy_from_args(args, model)
     texts, numbers = read_inputs(args.input, is_pair_task(model))
@@ -103,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for number, record in zip(numbers, result.records(), strict=True):
-            out.write(json.dumps({"line": number, **record}) + "\n")
+            out.write(json.dumps({"line": number, **top_k(record, args.top_k)}) + "\n")
     finally:
         if args.output:
             out.close()

@@ -384,7 +384,8 @@ def main() -> int:
     from offramp.policies import get_policy
 
     dev = load_glue("sst2", GLUE, "dev")
-    log = Path(args.out).with_suffix(".log")
+    log = ROOT / "runs" / "bench_serve.log"  # the servers' output, deleted after a clean run
+    log.parent.mkdir(exist_ok=True)
     log.unlink(missing_ok=True)
     base = baselines(args, dev)
     policies = {"early exit 2x": base.pop("_policy_2x"), "full model": get_policy("budget", k=6)}
@@ -442,7 +443,8 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     for clients in args.clients:
         if ("early exit 2x", clients) in by and ("full model", clients) in by:
             ratio = by[("early exit 2x", clients)] / by[("full model", clients)]
-            lines.append(f"\nThroughput early exit / full model at {clients} client(s): **{ratio:.2f}x**.")
+            who = "1 client" if clients == 1 else f"{clients} clients"
+            lines.append(f"\nThroughput, early exit / full model, at {who}: **{ratio:.2f}x**.")
     lines += [
         "",
         f"## Label-free control, target {args.target:g}x (window {args.window}, 1 in {args.shadow_every} "

@@ -440,9 +440,9 @@ def test_serves_a_cascade_with_shadow_rows(tiny: Any) -> None:
         body = {"inputs": sent, "parameters": {"policy": "maxprob", "threshold": 0.9}}
         got = client.post("/predict", json=body).json()["predictions"]
     assert [r["exit_layer"] for r in got] == expected.exit_layer.tolist()
-    shadow = got[::2]  # one in two runs every member; it costs all of them (1 + 2 + 3 layers)
+    shadow = got[1::2]  # one in two runs every member; it costs all of them (1 + 2 + 3 layers)
     assert all(r["layers_run"] == 6 for r in shadow)
-    assert [r["layers_run"] for r in got[1::2]] == expected.layers_run[1::2].tolist()
+    assert [r["layers_run"] for r in got[::2]] == expected.layers_run[::2].tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -401,7 +401,7 @@ def _beem_per_exit(pol: BEEM, logits: np.ndarray, labels: np.ndarray, compare: s
     num_exits, n = logits.shape[:2]
     scores, preds = _beem_scores(pol, logits)
     wrong = preds != labels[None, :]
-    final_wrong = logits[-1].argmax(-1) != labels
+    final_wrong = exit_predictions(logits[-1], False) != labels
     running = np.ones(n, dtype=bool)
     never = float(sum(pol.weight(k) for k in range(num_exits)) + 1.0)  # above any reachable S
     alphas = []

@@ -383,7 +383,9 @@ def evaluate_policies(
         policies=evaluations,
         analysis=analyse(logits, outputs.confidence, correct),
         calibrated=calibrated,
-        classes=None if regression else class_report(logits[-1].argmax(-1), labels, names_or_ids),
+        classes=None
+        if regression
+        else class_report(exit_predictions(logits[-1], False), labels, names_or_ids),
         one_class_exits=[] if regression else one_class_exits(logits, list(outputs.exits), names_or_ids),
     )
 
@@ -492,7 +494,7 @@ def class_report(predictions: np.ndarray, labels: np.ndarray, names: Sequence[st
 
 def one_class_exits(logits: np.ndarray, exits: list[int], names: Sequence[str]) -> list[OneClassExit]:
     """Exits predicting one class for every input; warns once (one line) when there are any."""
-    preds = np.asarray(logits).argmax(-1)
+    preds = exit_predictions(np.asarray(logits), False)
     if preds.shape[1] < 2:
         return []
     found = [

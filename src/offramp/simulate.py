@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import ExitCosts, primary_scores
+from .metrics import ExitCosts, primary_scores, speedup_ratio
 from .policies import ExitOutput, Policy, PolicyError, policy_from_config
 
 Tensor = torch.Tensor
@@ -164,7 +164,7 @@ def sweep(
         thresholds = policy.grid(torch.as_tensor(logits), conf, grid_size)
     sim = simulate(policy, logits, thresholds, confidence, regression=regression)
     layers = costs.layers(sim.exit_slot)
-    speedup = costs.depth * layers.shape[-1] / layers.sum(-1)
+    speedup = np.atleast_1d(speedup_ratio(layers, costs.depth))
     metric, score = primary_scores(task, sim.prediction, np.asarray(outputs.labels), regression)
     grid = np.asarray(thresholds, dtype=np.float64)
     return SweepResult(grid, sim.exit_slot, sim.prediction, layers, speedup, score, metric)
@@ -199,7 +199,7 @@ def threshold_for_speedup(
     grid = policy.grid(torch.as_tensor(z), None if conf is None else torch.as_tensor(conf), grid_size)
     sim = simulate(policy, z, grid, conf, regression=z.shape[-1] == 1)
     layers = costs.layers(sim.exit_slot)
-    speed = costs.depth * layers.shape[-1] / layers.sum(-1)
+    speed = np.atleast_1d(speedup_ratio(layers, costs.depth))
     ok = speed >= target - 1e-9
     if not ok.any():
         raise PolicyError(

@@ -105,6 +105,13 @@ def serve_config(args: argparse.Namespace) -> Any:
         )
     if args.shadow_every is not None and args.shadow_every < 0:
         raise ValueError(f"--shadow-every {args.shadow_every}: expected N >= 0 (0: no shadow rows)")
+    if args.target_speedup is not None and args.shadow_every and not args.exit_speedup:
+        if args.shadow_every <= args.target_speedup:
+            raise ValueError(
+                f"--shadow-every {args.shadow_every} with --target-speedup {args.target_speedup:g}: the "
+                "shadow rows alone (full model) would cap the speed-up; expected --shadow-every > "
+                "--target-speedup"
+            )
     if args.timeout <= 0 or args.max_wait_ms < 0:
         raise ValueError("--timeout must be > 0 and --max-wait-ms >= 0")
     control = ControlConfig(
@@ -144,7 +151,14 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_any(args.model_dir)
     policy = policy_from_args(args, model)
-    warmup = read_inputs(args.warmup, is_pair_task(model))[0] if args.warmup else None
+    warmup = None
+    if args.warmup:
+        try:
+            warmup = read_inputs(args.warmup, is_pair_task(model))[0]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"--warmup {args.warmup}: no such file; expected unlabelled texts"
+            ) from None
     sample = args.shadow_every is not None and args.shadow_every > 0
     state = build_state(model, config, policy, warmup=warmup, sample=sample)
     if not is_loopback(args.host):

@@ -107,7 +107,6 @@ def create_app(state: ServeState) -> Starlette:
         finally:
             await state.batcher.close()  # uvicorn has already let in-flight requests finish
 
-    name = state.config.name
     h = _Handlers(state)
     routes = [
         Route("/", h.page, methods=["GET"]),
@@ -123,7 +122,6 @@ def create_app(state: ServeState) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.offramp = state
-    log.debug("serving model %r", name)
     return app
 
 

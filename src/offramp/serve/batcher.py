@@ -57,11 +57,7 @@ class Job:
     texts: list[Any]
     policy: Policy
     future: asyncio.Future
-    key: str = ""
     queued_at: float = field(default_factory=time.perf_counter)
-
-    def __post_init__(self) -> None:
-        self.key = policy_key(self.policy)
 
 
 class DynamicBatcher:
@@ -197,8 +193,10 @@ class DynamicBatcher:
     def _run_batch(self, jobs: list[Job]) -> list[tuple[Job, Any]]:
         """On the model thread: one engine call per policy among ``jobs``; split results back per job."""
         groups: dict[str, list[Job]] = {}
+        keys: dict[int, str] = {}  # most jobs share the default policy object: one key each
         for job in jobs:
-            groups.setdefault(job.key, []).append(job)
+            key = keys.get(id(job.policy)) or keys.setdefault(id(job.policy), policy_key(job.policy))
+            groups.setdefault(key, []).append(job)
         outcomes: list[tuple[Job, Any]] = []
         for group in groups.values():
             texts = [t for job in group for t in job.texts]

@@ -176,6 +176,8 @@ class SpeedKnob:
             raise KnobError(f"parameters: {exc}") from None
 
     def _resolve(self, params: dict[str, Any]) -> Policy:
+        if not any(params.get(k) is not None for k in ("policy", "params", "threshold", "speedup")):
+            return self._default  # checked when it was set
         policy = self._requested_policy(params)
         if params.get("speedup") is not None:
             if params.get("threshold") is not None:
@@ -247,7 +249,8 @@ class SpeedKnob:
             warming = self._target is not None and self.config.warmup and len(self.window) < self.window.size
             if warming:
                 return np.ones(n, dtype=bool)
-            return (self._inputs + np.arange(n)) % self.config.shadow_every == 0
+            every = self.config.shadow_every
+            return (self._inputs + np.arange(n)) % every == every - 1  # not the very first input
 
     def observe(self, output: BatchOutput) -> None:
         """Count served inputs, add shadow rows to the window, and re-pick the threshold when due."""

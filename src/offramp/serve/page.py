@@ -2,8 +2,9 @@
 
 A text box (two for pair tasks), a speed slider, the predicted label with probability bars, and the
 layer stack with the exits marked, the layers the input ran filled in and the exit it left at
-highlighted. The slider sets a target speed-up (``parameters.speedup``) once the server holds a window
-of recent inputs' exit signals; before that it sets the max-prob confidence an exit needs.
+highlighted; ``/?q=TEXT`` fills the box and predicts at once. The slider sets a target speed-up
+(``parameters.speedup``) once the server holds a window of recent inputs' exit signals; before that it
+sets the max-prob confidence an exit needs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ async function init() {
   k.oninput = () => { $("knob-value").textContent = mode === "speedup" ? `${(+k.value).toFixed(1)}×`
     : (+k.value).toFixed(2); };
   k.onchange = predict; k.oninput(); drawStack(null);
+  const q = new URLSearchParams(location.search).get("q");  // /?q=text predicts at once (shareable links)
+  if (q) { $("text").value = q; predict(); }
 }
 function drawStack(r) {
   const s = $("stack"); s.innerHTML = "";
@@ -89,7 +92,10 @@ async function predict() {
   $("probs").innerHTML = Object.entries(r.probabilities).map(([n, p]) =>
     `<div class="prob"><span>${n}</span><div class="bar" style="width:${(100 * p).toFixed(1)}%"></div>` +
     `<span>${p.toFixed(3)}</span></div>`).join("");
-  $("cost").textContent = `exited after layer ${r.exit_layer} of ${meta.depth} · ran ${r.layers_run} layers`;
+  const shadow = !meta.cascade && r.layers_run > r.exit_layer
+    ? " (sampled for speed control: ran every exit)" : "";
+  $("cost").textContent =
+    `exited after layer ${r.exit_layer} of ${meta.depth} · ran ${r.layers_run} layers${shadow}`;
   drawStack(r);
 }
 $("go").onclick = predict; init();

@@ -17,7 +17,7 @@ import torch
 
 from ..engine import EarlyExitEngine, EarlyExitResult
 from ..metrics import ExitCosts
-from ..policies import Policy, PolicyError, policy_from_config
+from ..policies import Policy, PolicyError
 from ..simulate import simulate
 
 
@@ -47,7 +47,6 @@ class ModelRunner:
     """Wraps a loaded model (multi-exit or cascade) for serving: validation, batches, shadow rows."""
 
     def __init__(self, model: Any, batch_size: int = 64):
-        _engine_compat()
         self.model = model
         self.engine = EarlyExitEngine(model)
         self.batch_size = batch_size
@@ -163,15 +162,3 @@ def _merge(
     return EarlyExitResult(
         predictions, probabilities, exit_index, exit_layer, layers_run, label_names, policy.to_config()
     )
-
-
-def _engine_compat() -> None:
-    """Work around ``engine.resolve_policy`` calling an undefined ``_resolve`` (WIP refactor at 2387127).
-
-    Passing a Policy object to ``EarlyExitEngine.predict`` raised NameError there; the helper it meant
-    is :func:`offramp.policies.policy_from_config`. A no-op once the engine defines it again.
-    """
-    from .. import engine
-
-    if not hasattr(engine, "_resolve"):
-        engine._resolve = policy_from_config  # type: ignore[attr-defined]

@@ -387,6 +387,18 @@ def test_compare_keeps_differing_settings_apart(tmp_path: Path) -> None:
     # the seed alone never splits a configuration, whatever depth it is recorded at
     same = compare_runs([load_run(_set(_fake_run(tmp_path / f"s{s}", s), lr=1e-4)) for s in (1, 2)])
     assert len(same.configurations) == 1 and same.configurations[0].seeds == [1, 2]
+    # nor do training results recorded beside the settings (they differ from seed to seed)
+    runs = []
+    for seed, best in ((1, 0.70), (2, 0.73)):
+        folder = _set(_fake_run(tmp_path / f"r{seed}", seed), lr=1e-4)
+        config = json.loads((folder / "offramp.json").read_text())
+        config["info"]["train"].update(
+            best_val_score=best, total_steps=63, stages=[{"name": "train", "best_val_score": best}]
+        )
+        (folder / "offramp.json").write_text(json.dumps(config))
+        runs.append(load_run(folder))
+    grouped = compare_runs(runs)
+    assert len(grouped.configurations) == 1 and grouped.configurations[0].seeds == [1, 2]
 
 
 def test_compare_one_seed_text_and_winners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

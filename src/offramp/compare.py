@@ -42,6 +42,11 @@ IGNORED_KEYS = frozenset(
         "resumed_from",
         "format_version",
         "created",
+        # results of training, not settings: they differ from seed to seed
+        "stages",
+        "best_val_score",
+        "total_steps",
+        "epochs_run",
     }
 )
 #: Settings shown in every label (the rest only where configurations differ).

@@ -69,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report.meta.update({"model_dir": str(args.model_dir), "task": data.task, "split": args.split})
     print(format_report(report))
-    for line in report.unstable():
-        say(f"offramp bench: warning: repeats disagree ({line} > {MAX_SPREAD}); the machine was busy, so "
-            "these speed-ups are not reliable: re-run on a quiet machine or with more --repeats")  # fmt: skip
+    unstable = report.unstable()
+    if unstable:
+        say(
+            f"offramp bench: warning: repeats disagree ({'; '.join(unstable)}; over {MAX_SPREAD}): the "
+            "machine was busy, so these speed-ups are not reliable; re-run on a quiet machine or with more "
+            "--repeats"
+        )
     name = f"bench_{data.task or 'data'}_{args.split}.json"
     out = Path(args.json) if args.json else Path(args.model_dir) / name
     write_json_atomic(out, report.to_json())

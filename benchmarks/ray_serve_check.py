@@ -10,8 +10,13 @@ then Serve and Ray shut down. For scale, the same load runs against ``offramp se
 process, same batching settings and torch threads). A watchdog alarm ends the run after ``--deadline``
 seconds (Ray is shut down on the way out). Exit status 1 on any error or disagreement.
 
-    .venv/bin/python benchmarks/ray_serve_check.py                  # about two minutes on 2 cores
-    .venv/bin/python benchmarks/ray_serve_check.py --requests 100 --clients 4
+Ray's core servers (GCS, raylet, workers) listen on every interface of the host, whatever Serve's
+HTTP host is; to keep them off the network, run the check in a network namespace that has only
+loopback (Linux; ``unshare -rn`` as an unprivileged user where user namespaces are enabled):
+
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python benchmarks/ray_serve_check.py'   # ~1 min
+
+(``--requests 100 --clients 4`` for a quicker run; the results record which network the run had.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -32,9 +38,12 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import GLUE, RESULTS, ROOT, LoadRun, ServerProcess, drive, set_policy, summarise  # noqa: E402
+from bench_serve import GLUE, RESULTS, ROOT, ServerProcess, drive, set_policy, summarise  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+
+#: One load run: bench_serve's LoadRun fields plus ``mean_batch`` (inputs per model call).
+Run = dict[str, Any]
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,15 +80,27 @@ def pick_policy(model: Any, texts: list[str]) -> Any:
     return policy
 
 
-def load(url: str, texts: list[str], clients: list[int], warmup: int, policy: Any, ref: Any) -> list[LoadRun]:
-    """Untimed warm-up, then one timed run per client count; each summarised against ``ref``."""
+def load(url: str, texts: list[str], clients: list[int], warmup: int, policy: Any, ref: Any) -> list[Run]:
+    """Untimed warm-up, then one timed run per client count; each summarised against ``ref``, with the
+    mean inputs per model call the server's own ``/metrics`` counted during the run."""
     asyncio.run(drive(url, texts[:warmup], 4))
     runs = []
     for n in clients:
+        before = model_calls(url)
         out = asyncio.run(drive(url, texts, n))
-        runs.append(summarise("early exit 2x", policy, n, out, ref, len(texts)))
-        print(json.dumps(asdict(runs[-1])), flush=True)
+        after = model_calls(url)
+        mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        run = asdict(summarise("early exit 2x", policy, n, out, ref, len(texts)))
+        runs.append({**run, "mean_batch": round(mean_batch, 2)})
+        print(json.dumps(runs[-1]), flush=True)
     return runs
+
+
+def model_calls(url: str) -> tuple[float, float]:
+    """(inputs, model calls) so far: the ``offramp_batch_size`` histogram of the server's ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("offramp_batch_size_"))
+    return float(values["offramp_batch_size_sum"]), float(values["offramp_batch_size_count"])
 
 
 def check_v2(url: str, name: str, texts: list[str], ref: Any) -> dict[str, Any]:
@@ -105,7 +126,7 @@ def run_ray(args: argparse.Namespace, texts: list[str], policy: Any, ref: Any) -
     from offramp.serve.server import free_port
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
@@ -123,7 +144,7 @@ def run_ray(args: argparse.Namespace, texts: list[str], policy: Any, ref: Any) -
         ray.shutdown()
 
 
-def run_offramp_serve(args: argparse.Namespace, texts: list[str], policy: Any, ref: Any) -> list[LoadRun]:
+def run_offramp_serve(args: argparse.Namespace, texts: list[str], policy: Any, ref: Any) -> list[Run]:
     """The same load against ``offramp serve`` in a child process, same batching and threads."""
     flags = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
              "--threads", str(args.threads)]  # fmt: skip
@@ -135,6 +156,14 @@ def run_offramp_serve(args: argparse.Namespace, texts: list[str], policy: Any, r
     finally:
         server.stop()
         log.unlink(missing_ok=True)
+
+
+def network() -> str:
+    """Whether this run had only a loopback interface (Ray's core servers listen on every interface)."""
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    if interfaces == ["lo"]:
+        return "a network namespace with only loopback (unshare -n)"
+    return f"the host network ({', '.join(interfaces)})"
 
 
 def watchdog(seconds: int) -> None:
@@ -165,19 +194,18 @@ def main() -> int:
     report(args, policy, ray_result, serve_runs)
     ok = ray_result["v2"]["label_id_agree"] and ray_result["v2"]["exit_layer_agree"]
     runs = ray_result["runs"] + serve_runs
-    ok = ok and all(r.errors == 0 and r.agreement == 1.0 and r.exit_agreement == 1.0 for r in runs)
+    ok = ok and all(r["errors"] == 0 and r["agreement"] == r["exit_agreement"] == 1.0 for r in runs)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}: {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 
 
-def report(
-    args: argparse.Namespace, policy: Any, ray_result: dict[str, Any], serve_runs: list[LoadRun]
-) -> None:
+def report(args: argparse.Namespace, policy: Any, ray_result: dict[str, Any], serve_runs: list[Run]) -> None:
     """Write the JSON and Markdown results."""
     result = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "network": network(),
         "python": platform.python_version(),
         "model": os.path.relpath(args.model, ROOT),
         "policy": policy.to_config(),
@@ -186,8 +214,8 @@ def report(
             k: getattr(args, k)
             for k in ("requests", "clients", "warmup", "max_batch_size", "max_wait_ms", "threads")
         },
-        "ray": {**ray_result, "runs": [asdict(r) for r in ray_result["runs"]]},
-        "offramp_serve": {"runs": [asdict(r) for r in serve_runs]},
+        "ray": ray_result,
+        "offramp_serve": {"runs": serve_runs},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,14 +228,14 @@ def markdown(result: dict[str, Any]) -> str:
     rows += [("offramp serve", r) for r in result["offramp_serve"]["runs"]]
     table = [
         "| server | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | agree | exit agree "
-        "| layer speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer speed-up | inputs per model call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         table.append(
             f"| {name} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} | {r['p50_ms']:.1f} "
             f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['agreement']:.4f} "
-            f"| {r['exit_agreement']:.4f} | {r['layer_speedup']:.2f} |"
+            f"| {r['exit_agreement']:.4f} | {r['layer_speedup']:.2f} | {r['mean_batch']:.2f} |"
         )
     ray, s, v2 = result["ray"], result["settings"], result["ray"]["v2"]
     threshold = result["threshold"]
@@ -217,7 +245,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Command: `{result['command']}` · {result['date']} · {result['machine']} (Ray, the replica, "
             f"Serve's proxy and the load generator share them) · Python {result['python']} · Ray "
-            f"{ray['ray']} · model `{result['model']}`.",
+            f"{ray['ray']} · model `{result['model']}` · network: {result['network']}.",
             "",
             f"`offramp.serve.ray_serve.build_deployment` on `ray.init(num_cpus=2)`: one replica (2 CPUs, "
             f"{s['threads']} torch threads), `@serve.batch(max_batch_size={s['max_batch_size']}, "
@@ -233,9 +261,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"`EarlyExitEngine.predict`: {v2['label_id_agree']}; exit layers: {v2['exit_layer_agree']}.",
             "",
             "Agreement compares every served label and exit layer with `EarlyExitEngine.predict` under the "
-            "same policy. Throughput here is a smoke-level number from one short run on two shared cores, "
-            "not a benchmark of Ray: each request crosses Serve's proxy actor and the replica actor, "
-            "which compete with the model for the same two cores.",
+            "same policy. Inputs per model call: each server's own `offramp_batch_size` histogram "
+            "(`/metrics`) over the run. Throughput here is a smoke-level number from one short run on two "
+            "shared cores, not a benchmark of Ray: each request crosses Serve's proxy actor and the "
+            "replica actor, which compete with the model and the load generator for the same two cores, "
+            "so requests reach `@serve.batch` spread out and its batches stay smaller than the "
+            "in-process batcher's.",
             "",
         ]
     )

@@ -30,8 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import TextDataset
+from .evaluate import ExitOutputs
 from .io import write_json_atomic
 from .metrics import ExitCosts, exit_predictions, primary_scores
+from .model import ExitModel
 from .policies import BEEM, ExitOutput, Policy, PolicyError, policy_from_config
 from .simulate import SweepResult, axis_value, pick_index, simulate, sweep, threshold_for_speedup
 
@@ -154,7 +157,7 @@ class _Split:
     task: str | None
 
     @classmethod
-    def of(cls, outputs: Any, task: str | None, costs: ExitCosts | None) -> _Split:
+    def of(cls, outputs: ExitOutputs, task: str | None, costs: ExitCosts | None) -> _Split:
         conf = outputs.confidence
         return cls(
             np.asarray(outputs.logits, dtype=np.float32),
@@ -184,7 +187,7 @@ class _Split:
 
 
 def calibrate(
-    outputs: Any,
+    outputs: ExitOutputs,
     policy: Policy | str | dict[str, Any] = "maxprob",
     *,
     target_speedup: float | None = None,
@@ -475,7 +478,7 @@ def _result(
 
 
 def calibrate_model(
-    model: Any, data: Any, batch_size: int = 64, progress: bool = False, **kwargs: Any
+    model: ExitModel, data: TextDataset, batch_size: int = 64, progress: bool = False, **kwargs: Any
 ) -> CalibrationResult:
     """Check ``data`` against ``model``, collect its per-exit outputs, calibrate, set ``model.config.policy``.
 

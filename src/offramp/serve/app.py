@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..model import ExitModel
 from ..policies import Policy, PolicyError
 from .batcher import BatcherError, DynamicBatcher
 from .config import ServeConfig
@@ -57,7 +58,7 @@ class ServeState:
 
 
 def build_state(
-    model: Any,
+    model: ExitModel,
     config: ServeConfig | None = None,
     policy: Policy | None = None,
     warmup: list[Any] | None = None,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import EarlyExitResult
+from ..model import ExitModel
 from ..policies import Policy
 from .batcher import DynamicBatcher, Job, Overloaded, RequestTimeout, ShuttingDown
 from .config import ServeConfig
@@ -121,7 +122,7 @@ class RayBatcher(DynamicBatcher):
 
 
 def replica_app(
-    model: Any,
+    model: ExitModel,
     config: ServeConfig,
     policy: Policy | None = None,
     batch: BatchDecorator | None = None,

@@ -17,6 +17,7 @@ import torch
 
 from ..engine import EarlyExitEngine, EarlyExitResult
 from ..metrics import ExitCosts
+from ..model import ExitModel
 from ..policies import Policy, PolicyError
 from ..simulate import simulate
 
@@ -46,7 +47,7 @@ class BatchOutput:
 class ModelRunner:
     """Wraps a loaded model (multi-exit or cascade) for serving: validation, batches, shadow rows."""
 
-    def __init__(self, model: Any, batch_size: int = 64):
+    def __init__(self, model: ExitModel, batch_size: int = 64):
         self.model = model
         self.engine = EarlyExitEngine(model)
         self.batch_size = batch_size

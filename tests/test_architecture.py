@@ -15,7 +15,7 @@ FLOORS: dict[str, int] = {
     "offramp": 0,
     **dict.fromkeys(["signals", "analysis", "io", "data", "checks", "progress"], 1),
     **dict.fromkeys(["backbones", "policies", "metrics"], 2),
-    **dict.fromkeys(["model", "cascade", "simulate"], 3),
+    **dict.fromkeys(["model", "cascade", "simulate", "quantize"], 3),
     **dict.fromkeys(["engine", "evaluate", "losses", "schemes"], 4),
     **dict.fromkeys(
         [

@@ -6,7 +6,9 @@ same batches for every method; tokenisation is not timed), then three methods ru
 
 * ``early_exit``: :class:`~offramp.engine.EarlyExitEngine` with the policy (default: the model's own);
 * ``full``: the same engine and code path with the final-exit policy (every layer, one head);
-* ``stock``: stock Hugging Face inference, ``AutoModel`` forward + the last exit head (the honest baseline).
+* ``stock``: stock Hugging Face inference, ``AutoModel`` forward + the last exit head (the honest baseline);
+* ``stock_int8`` (only with ``quantize="int8"``, when early exit and full run a quantized copy): the same
+  stock inference under the same torch int8 dynamic quantization, the baseline a user would pick instead.
 
 Reported per batch size: the layer-count speed-up of the early-exit run (COSEE eq. 12, plus PCEE eq. 4
 and SWEET's cost fraction), the measured speed-ups t_full / t_early_exit and t_stock / t_early_exit,
@@ -33,6 +35,7 @@ from .engine import EarlyExitEngine, EarlyExitResult, PreparedInputs, resolve_po
 from .metrics import primary_metric, task_metrics
 from .model import ExitModel
 from .progress import progress_bar
+from .quantize import check_mode, quantization_of, quantize_model
 
 METHODS = ("early_exit", "full", "stock")
 #: Repeats of one method whose slowest is more than this many times its fastest are "unstable".
@@ -74,6 +77,8 @@ class BatchTiming:
         out["inputs_per_second"] = {k: examples / v for k, v in med.items()}
         out["measured_speedup_vs_full"] = med["full"] / med["early_exit"]
         out["measured_speedup_vs_stock"] = med["stock"] / med["early_exit"]
+        if "stock_int8" in med:
+            out["measured_speedup_vs_stock_int8"] = med["stock_int8"] / med["early_exit"]
         out["ratio_vs_full"] = out["measured_speedup_vs_full"] / self.speedup
         out["ratio_vs_stock"] = out["measured_speedup_vs_stock"] / self.speedup
         out["spread"] = self.spread
@@ -113,11 +118,16 @@ class BenchResult:
         return {**out, **self.meta}
 
 
-def _stock_runner(engine: EarlyExitEngine, prepared: PreparedInputs) -> Callable[[], None]:
-    """Stock transformers inference of the deepest model: AutoModel forward + its last exit head."""
-    model = engine.members[-1]
+def _deepest(model: Any) -> Any:
+    """The member whose backbone and last head stock inference runs (the model, or a cascade's last)."""
+    members = getattr(model, "members", None)
+    return members[-1] if members is not None else model
+
+
+def _stock_runner(model: Any, device: torch.device, prepared: PreparedInputs) -> Callable[[], None]:
+    """Stock transformers inference of a MultiExitModel: AutoModel forward + its last exit head."""
     backbone, head = model.backbone, model.heads[-1]
-    batches = [{k: v.to(engine.device) for k, v in b.items() if k != "rows"} for b in prepared.batches]
+    batches = [{k: v.to(device) for k, v in b.items() if k != "rows"} for b in prepared.batches]
 
     @torch.inference_mode()
     def run() -> None:
@@ -162,19 +172,24 @@ def _scores(task: str | None, result: EarlyExitResult, full: EarlyExitResult, la
 def _bench_batch_size(
     engine: EarlyExitEngine, texts: Any, labels: Any, batch_size: int, pols: tuple[Any, Any], opts: dict
 ) -> BatchTiming:
-    """Warm up, time the three methods and check the early-exit predictions, at one batch size."""
+    """Warm up, time the methods and check the early-exit predictions, at one batch size.
+
+    ``opts["stock"]``: method name -> the MultiExitModel whose stock inference it times.
+    """
     pol, full_pol = pols
     prepared = engine.prepare(texts, batch_size)
     warm = PreparedInputs(prepared.batches[: opts["warmup_batches"]], prepared.num_rows, batch_size)
     runs: dict[str, Callable[[], Any]] = {
         "early_exit": lambda: engine.run(prepared, pol),
         "full": lambda: engine.run(prepared, full_pol),
-        "stock": _stock_runner(engine, prepared),
     }
+    for name, stock_model in opts["stock"].items():
+        runs[name] = _stock_runner(stock_model, engine.device, prepared)
     if warm.batches:
         engine.run(warm, pol)
         engine.run(warm, full_pol)
-        _stock_runner(engine, warm)()
+        for stock_model in opts["stock"].values():
+            _stock_runner(stock_model, engine.device, warm)()
     times = _time_methods(runs, opts["repeats"], opts.get("progress"))
     result, full_result = engine.run(prepared, pol), engine.run(prepared, full_pol)
     timing = BatchTiming(
@@ -200,14 +215,24 @@ def benchmark(
     max_samples: int | None = None,
     task: str | None = None,
     progress: bool = False,
+    quantize: str | None = None,
 ) -> BenchResult:
     """Time early exit, the same-path full model and stock inference at each batch size.
 
     ``data``: a TextDataset or a list of texts (labels, when present, give task scores too).
     ``max_samples`` keeps the first N inputs (batch size 1 over a whole split takes a while).
+    ``quantize="int8"``: early exit and full run a quantized copy of the (fp32) ``model``
+    (:func:`~offramp.quantize.quantize_model`); ``stock`` stays fp32 and ``stock_int8`` times stock
+    inference under the same quantization.
     """
     if repeats < 1:
         raise ValueError(f"repeats {repeats!r}: expected at least 1")
+    if quantization_of(model) is not None:
+        raise ValueError("benchmark() needs the fp32 model (and quantize='int8'), so stock fp32 is timed too")
+    stock = {"stock": _deepest(model)}
+    if quantize is not None:
+        model = quantize_model(model, check_mode(quantize))
+        stock[f"stock_{quantize}"] = _deepest(model)
     engine = EarlyExitEngine(model)
     pols = (resolve_policy(model, policy, threshold), resolve_policy(model, "budget", engine.num_exits))
     texts, labels = getattr(data, "texts", data), getattr(data, "labels", None)
@@ -225,10 +250,13 @@ def benchmark(
         warmup_batches=warmup_batches,
         load_average_before=list(os.getloadavg()),
     )
+    if quantize is not None:
+        report.meta["quantize"] = quantize
     task = task or getattr(data, "task", None)
-    total = len(batch_sizes) * repeats * len(METHODS)
+    total = len(batch_sizes) * repeats * (2 + len(stock))
     with progress_bar(total=total, desc="timing", unit="pass", enabled=progress) as bar:
         opts = {"repeats": repeats, "warmup_batches": warmup_batches, "task": task, "progress": bar}
+        opts["stock"] = stock
         for batch_size in batch_sizes:
             report.batch_sizes[batch_size] = _bench_batch_size(engine, texts, labels, batch_size, pols, opts)
     report.load_average_after = list(os.getloadavg())
@@ -238,9 +266,12 @@ def benchmark(
 def format_report(report: BenchResult) -> str:
     """A short human-readable table of the benchmark figures."""
     policy = report.policy
+    quantized = (
+        f", early exit and full quantized {report.meta['quantize']}" if "quantize" in report.meta else ""
+    )
     lines = [
         f"{report.examples} inputs, policy {policy['name']} {json.dumps(policy['params'])}, "
-        f"{report.threads} threads, median of {report.repeats} runs",
+        f"{report.threads} threads, median of {report.repeats} runs{quantized}",
         f"{'batch':>5} {'layers x':>8} {'vs full':>8} {'vs stock':>8} {'ratio full':>10} {'ratio stock':>11} "
         f"{'ms/input ee':>11} {'full':>7} {'stock':>7} {'spread':>7}",
     ]
@@ -259,6 +290,11 @@ def format_report(report: BenchResult) -> str:
             f"{e['measured_speedup_vs_stock']:>7.2f}x {e['ratio_vs_full']:>10.2f} "
             f"{e['ratio_vs_stock']:>11.2f} "
             f"{ms['early_exit']:>11.2f} {ms['full']:>7.2f} {ms['stock']:>7.2f} {spread:>7.2f}"
+            + (
+                f"   vs stock int8 {e['measured_speedup_vs_stock_int8']:.2f}x ({ms['stock_int8']:.2f} ms)"
+                if "stock_int8" in ms
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -176,9 +176,16 @@ def data_name(data: TextDataset, fallback: str | None = None) -> str:
     return name or "data"
 
 
-def cache_path(model_dir: str | os.PathLike[str], name: str, split: str) -> Path:
-    """Where a split's exit outputs are cached: ``MODEL_DIR/exit_outputs_<name>_<split>.npz``."""
-    return Path(model_dir) / f"exit_outputs_{name}_{split}.npz"
+def cache_path(
+    model_dir: str | os.PathLike[str], name: str, split: str, quantization: str | None = None
+) -> Path:
+    """Where a split's exit outputs are cached: ``MODEL_DIR/exit_outputs_<name>_<split>[_<quant>].npz``.
+
+    A quantized model's outputs (``quantization``, e.g. ``int8``) get their own file, so they never mix
+    with the fp32 ones (the fingerprint looks at the folder's weights, which quantization leaves alone).
+    """
+    suffix = f"_{quantization}" if quantization else ""
+    return Path(model_dir) / f"exit_outputs_{name}_{split}{suffix}.npz"
 
 
 def cached_exit_outputs(

@@ -183,3 +183,36 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any 
 def say(message: str) -> None:
     """A progress or result line for the person at the terminal (stderr, so stdout stays data)."""
     print(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantization
+# ---------------------------------------------------------------------------------------------------------
+QUANTIZE_CHOICES = ("int8",)  # offramp.quantize.QUANTIZE_MODES, kept here so --help needs no torch
+
+
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    """``--quantize MODE``: run a quantized copy of the model (torch dynamic int8 of layers and heads)."""
+    parser.add_argument(
+        "--quantize",
+        metavar="MODE",
+        help=f"run the model quantized: {', '.join(QUANTIZE_CHOICES)} (torch dynamic quantization of the "
+        "encoder layers' and exit heads' linear layers, CPU); default: none",
+    )
+
+
+def maybe_quantize(model: Any, args: argparse.Namespace) -> Any:
+    """``model`` quantized as ``--quantize`` asks (a copy), or ``model`` itself without the flag."""
+    mode = getattr(args, "quantize", None)
+    if mode is None:
+        return model
+    from ..quantize import quantize_model
+
+    return quantize_model(model, mode)
+
+
+def check_quantize_arg(args: argparse.Namespace) -> None:
+    """A ValueError (one-line error, exit 2) for an unknown ``--quantize`` mode, before any model loads."""
+    mode = getattr(args, "quantize", None)
+    if mode is not None and mode not in QUANTIZE_CHOICES:
+        raise ValueError(f"--quantize {mode!r}: unknown mode; expected one of {', '.join(QUANTIZE_CHOICES)}")

@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .args import add_data_args, add_policy_args, default_task, load_from_args, policy_from_args, say
+from .args import (
+    add_data_args,
+    add_policy_args,
+    add_quantize_arg,
+    check_quantize_arg,
+    default_task,
+    load_from_args,
+    policy_from_args,
+    say,
+)
 
 HELP = "measure wall-clock speed-up of early exit against the full model"
 
@@ -33,6 +42,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--json", help="where to write the figures (default: MODEL_DIR/bench_<task>_<split>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quantize_arg(p)
     add_policy_args(p)
     return p
 
@@ -56,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = parse_batch_sizes(args.batch_sizes)
     _check_counts(args)
+    check_quantize_arg(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_any(args.model_dir)
@@ -65,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     report = benchmark(
         model, data, sizes, policy=policy_from_args(args, model), repeats=args.repeats,
         warmup_batches=args.warmup_batches, max_samples=args.max_samples, task=data.task,
-        progress=not args.no_progress,
+        progress=not args.no_progress, quantize=args.quantize,
     )  # fmt: skip
     report.meta.update({"model_dir": str(args.model_dir), "task": data.task, "split": args.split})
     print(format_report(report))

@@ -6,7 +6,18 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import EPILOG, add_data_args, default_task, fmt, load_from_args, print_table, say
+from .args import (
+    EPILOG,
+    add_data_args,
+    add_quantize_arg,
+    check_quantize_arg,
+    default_task,
+    fmt,
+    load_from_args,
+    maybe_quantize,
+    print_table,
+    say,
+)
 
 if TYPE_CHECKING:
     from ..report import EvaluationReport
@@ -41,6 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="recompute the exit outputs instead of reusing MODEL_DIR/exit_outputs_<data>_<split>.npz",
     )
+    add_quantize_arg(p)
     return p
 
 
@@ -55,18 +67,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.grid_size < 2:
         raise ValueError(f"--grid-size {args.grid_size}: expected at least 2 settings")
-    model = load_any(args.model_dir)
+    check_quantize_arg(args)
+    model = maybe_quantize(load_any(args.model_dir), args)
     default_task(args, model)
     data = load_from_args(args, args.split)
     check_data_matches(model, data)
     name = data_name(data, model.config.task)
+    variant = f"_{args.quantize}" if args.quantize else ""  # quantized outputs never share fp32's files
     patterns = [x.strip() for x in args.policies.split(",") if x.strip()] if args.policies else None
     report = evaluate_model(
         model,
         args.model_dir,
         data,
         args.split,
-        cache=cache_path(args.model_dir, name, args.split),
+        cache=cache_path(args.model_dir, name, args.split, args.quantize),
         use_cache=not args.no_cache,
         policies=patterns,
         grid_size=args.grid_size,
@@ -75,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
         notify=say,
     )
     print_tables(report)
-    out = Path(args.json) if args.json else Path(args.model_dir) / f"eval_{name}_{args.split}.json"
+    out = Path(args.json) if args.json else Path(args.model_dir) / f"eval_{name}_{args.split}{variant}.json"
     write_json_atomic(out, report.to_json())
     if args.report:
-        write_report(report.result, args.report, f"{Path(args.model_dir).name}: {name} {args.split}")
+        write_report(report.result, args.report, f"{Path(args.model_dir).name}: {name} {args.split}{variant}")
         say(f"report written to {Path(args.report) / 'report.md'}")
     say(f"{report.examples} examples in {report.seconds:.1f} s; scores written to {out}")
     return 0

@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Any
 
-from .args import add_policy_args, policy_from_args, policy_help
+from .args import (
+    add_policy_args,
+    add_quantize_arg,
+    check_quantize_arg,
+    maybe_quantize,
+    policy_from_args,
+    policy_help,
+)
 
 HELP = "label texts with early exit (JSONL out)"
 
@@ -35,6 +42,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="K",
         help="keep only the K most probable classes per input (many-class tasks)",
     )
+    add_quantize_arg(p)
     add_policy_args(p)
     return p
 
@@ -111,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--top-k", args.top_k)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: expected a positive count")
-    model = load_any(args.model_dir)
+    check_quantize_arg(args)
+    model = maybe_quantize(load_any(args.model_dir), args)
     policy = policy_from_args(args, model)
     texts, numbers = read_inputs(args.input, is_pair_task(model))
     result = EarlyExitEngine(model).predict(texts, policy=policy, batch_size=args.batch_size)

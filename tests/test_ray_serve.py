@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 from starlette.routing import Match
-from test_serve import _member, _tokenizer, texts
+from test_serve import _member, _tokenizer, post_all, texts
 
 from offramp.cli.main import parse
 from offramp.cli.serve import serve_config
@@ -98,13 +98,8 @@ def test_replica_app_answers_like_the_engine(tiny: Any) -> None:
     policies = [{"policy": "maxprob", "threshold": 0.9}, {"policy": "budget", "threshold": 2}, {}]
     requests = [(texts(1 + i % 4, seed=i), policies[i % 3]) for i in range(12)]
 
-    async def fire(url: str) -> list[Any]:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            calls = [client.post("/predict", json={"inputs": t, "parameters": p}) for t, p in requests]
-            return await asyncio.gather(*calls)
-
     with BackgroundServer(app) as url:
-        responses = asyncio.run(fire(url))
+        responses = post_all(url, requests)
         bad = httpx.post(f"{url}/predict", json={"inputs": "x", "parameters": {"policy": "nope"}})
         ready = httpx.get(f"{url}/v2/health/ready")
     for (sent, params), response in zip(requests, responses, strict=True):

@@ -109,19 +109,25 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # batching
 # ---------------------------------------------------------------------------------------------------------
+def post_all(url: str, requests: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+    """POST every (inputs, parameters) to ``/predict`` at once; the responses in request order."""
+
+    async def fire() -> list[Any]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            calls = [client.post("/predict", json={"inputs": t, "parameters": p}) for t, p in requests]
+            return await asyncio.gather(*calls)
+
+    return asyncio.run(fire())
+
+
 def test_concurrent_distinct_requests_get_their_own_results(tiny: Any) -> None:
     state, app = make_app(tiny, max_batch_size=32, max_wait_ms=20)
     engine = EarlyExitEngine(tiny)
     policies = [{"policy": "maxprob", "threshold": 0.9}, {"policy": "budget", "threshold": 2}, {}]
     requests = [(texts(1 + i % 5, seed=i), policies[i % 3]) for i in range(36)]
 
-    async def fire(url: str) -> list[Any]:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            calls = [client.post("/predict", json={"inputs": t, "parameters": p}) for t, p in requests]
-            return await asyncio.gather(*calls)
-
     with BackgroundServer(app) as url:
-        responses = asyncio.run(fire(url))
+        responses = post_all(url, requests)
     for (sent, params), response in zip(requests, responses, strict=True):
         assert response.status_code == 200, response.text
         got = response.json()["predictions"]

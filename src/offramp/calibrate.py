@@ -36,7 +36,15 @@ from .io import write_json_atomic
 from .metrics import ExitCosts, exit_predictions, primary_scores
 from .model import ExitModel
 from .policies import BEEM, ExitOutput, Policy, PolicyError, policy_from_config
-from .simulate import SweepResult, axis_value, pick_index, simulate, sweep, threshold_for_speedup
+from .simulate import (
+    SweepResult,
+    axis_value,
+    index_for_speedup,
+    pick_index,
+    simulate,
+    sweep,
+    threshold_for_speedup,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # The result
@@ -333,13 +341,8 @@ def _calibrate_unlabeled(
 
 def _speedup_goal(swept: SweepResult, pol: Policy, target: float) -> tuple[int, dict[str, Any]]:
     """The slowest setting at or above the target speed-up (the best score among equals)."""
-    ok = swept.speedup >= target - 1e-9
-    if not ok.any():
-        raise ValueError(
-            f"target speed-up {target:g}x is out of reach for policy {pol.kind!r} on this split: its "
-            f"fastest setting gives {swept.speedup.max():.2f}x"
-        )
-    return pick_index(ok, -swept.speedup, swept.score), {"rule": "speedup", "target_speedup": float(target)}
+    idx = index_for_speedup(swept.speedup, target, pol, "this split", swept.score)
+    return idx, {"rule": "speedup", "target_speedup": float(target)}
 
 
 def _accuracy_goal(

@@ -21,6 +21,7 @@ import torch
 
 from .cascade import CascadeModel
 from .data import display_names
+from .data.batching import encode_texts, pad_features
 from .model import ExitModel
 from .policies import ExitOutput, Policy, PolicyError, PolicyState, get_policy, policy_from_config
 
@@ -158,8 +159,6 @@ class EarlyExitEngine:
     # -- inputs --------------------------------------------------------------------------------------
     def encode(self, inputs: Any) -> list[dict[str, list[int]]]:
         """Tokenise texts (strings, (a, b) pairs, a TextDataset) or unpad a tokenised batch dict."""
-        from .data.batching import encode_texts
-
         if isinstance(inputs, dict):
             return _unpad(inputs)
         texts = getattr(inputs, "texts", inputs)
@@ -175,8 +174,6 @@ class EarlyExitEngine:
 
     def prepare(self, inputs: Any, batch_size: int = 32, sort_by_length: bool = True) -> PreparedInputs:
         """Tokenise and cut into padded tensors once, so repeated runs (benchmarks) skip that work."""
-        from .data.batching import pad_features
-
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected a positive integer")
         features = self.encode(inputs)

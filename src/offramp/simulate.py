@@ -178,6 +178,23 @@ def pick_index(ok: np.ndarray, primary: np.ndarray, score: np.ndarray) -> int:
     return int(candidates[order[-1]])
 
 
+def index_for_speedup(
+    speedup: np.ndarray, target: float, policy: Policy, where: str, score: np.ndarray | None = None
+) -> int:
+    """The slowest grid setting whose speed-up is >= ``target`` (the best ``score`` among equals).
+
+    The one rule behind calibration's speed-up goal and label-free control; :class:`PolicyError` names
+    the fastest setting there is when none reaches the target.
+    """
+    ok = speedup >= target - 1e-9
+    if not ok.any():
+        raise PolicyError(
+            f"target speed-up {target:g}x is out of reach for policy {policy.kind!r} on {where}: its "
+            f"fastest setting gives {speedup.max():.2f}x"
+        )
+    return pick_index(ok, -speedup, np.zeros_like(speedup) if score is None else score)
+
+
 def threshold_for_speedup(
     policy: Policy,
     logits: Any,
@@ -198,15 +215,8 @@ def threshold_for_speedup(
     conf = None if confidence is None else np.asarray(confidence, dtype=np.float32)
     grid = policy.grid(torch.as_tensor(z), None if conf is None else torch.as_tensor(conf), grid_size)
     sim = simulate(policy, z, grid, conf, regression=z.shape[-1] == 1)
-    layers = costs.layers(sim.exit_slot)
-    speed = np.atleast_1d(speedup_ratio(layers, costs.depth))
-    ok = speed >= target - 1e-9
-    if not ok.any():
-        raise PolicyError(
-            f"target speed-up {target:g}x is out of reach for policy {policy.kind!r} on these inputs: its "
-            f"fastest setting gives {speed.max():.2f}x"
-        )
-    idx = pick_index(ok, -speed, np.zeros_like(speed))
+    speed = np.atleast_1d(speedup_ratio(costs.layers(sim.exit_slot), costs.depth))
+    idx = index_for_speedup(speed, target, policy, "these inputs")
     chosen = np.asarray(grid)[idx]
     value = chosen.tolist() if np.ndim(chosen) else float(chosen)
     return policy.with_threshold(axis_value(policy, value)), float(speed[idx])

@@ -212,12 +212,13 @@ def _prepare_out(args: argparse.Namespace) -> None:
         )
 
 
-def _drop_checkpoints(args: argparse.Namespace) -> None:
+def _drop_checkpoints(args: argparse.Namespace, cfg: Any) -> None:
     """Remove the run's checkpoints after success (unless --keep-checkpoints), saying how much either way."""
     from ..io import human_size, tree_size
+    from ..train import checkpoint_root
 
-    folder = Path(args.checkpoint_dir or f"{args.out}.checkpoints")
-    if not folder.is_dir():
+    folder = checkpoint_root(cfg, args.out)
+    if folder is None or not folder.is_dir():
         return
     size = human_size(tree_size(folder))
     if args.keep_checkpoints:
@@ -269,5 +270,5 @@ def run(args: argparse.Namespace) -> int:
             train_data, val_data, args.out, spec, cfg, resume=args.resume, on_model=announce
         )
     say(f"saved to {args.out} in {log['train_seconds']:.1f} s")
-    _drop_checkpoints(args)
+    _drop_checkpoints(args, cfg)
     return 0

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..engine import EarlyExitEngine, EarlyExitResult
-from ..metrics import ExitCosts
 from ..model import ExitModel
 from ..policies import Policy, PolicyError
 from ..simulate import simulate
@@ -52,8 +51,7 @@ class ModelRunner:
         self.engine = EarlyExitEngine(model)
         self.batch_size = batch_size
         self.is_cascade = self.engine.is_cascade
-        exits = list(model.exits)
-        self.costs = ExitCosts.cascade(exits) if self.is_cascade else ExitCosts.of_exits(exits)
+        self.costs = model.exit_costs
         self.full_cost = int(self.costs.costs[-1])
         self.label_names = self.engine.label_names
         self.num_labels = int(self.engine.num_labels)

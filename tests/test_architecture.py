@@ -13,10 +13,10 @@ MAX_FUNCTION_LINES = 80
 #: Floors from the bottom (DESIGN.md, "Layout"): a module imports only from its own floor or below.
 FLOORS: dict[str, int] = {
     "offramp": 0,
-    **dict.fromkeys(["signals", "analysis", "io", "data", "checks", "progress"], 1),
-    **dict.fromkeys(["backbones", "policies", "metrics"], 2),
-    **dict.fromkeys(["model", "cascade", "simulate", "quantize"], 3),
-    **dict.fromkeys(["engine", "evaluate", "losses", "schemes"], 4),
+    **dict.fromkeys(["signals", "analysis", "io", "data", "checks", "progress", "weights"], 1),
+    **dict.fromkeys(["backbones", "policies", "metrics", "resnet"], 2),
+    **dict.fromkeys(["model", "cascade", "simulate", "quantize", "exported"], 3),
+    **dict.fromkeys(["engine", "evaluate", "losses", "schemes", "risk"], 4),
     **dict.fromkeys(
         [
             "checkpoint",
@@ -29,6 +29,9 @@ FLOORS: dict[str, int] = {
             "bench",
             "gradients",
             "serve",
+            "export",
+            "teacher",
+            "train_images",
         ],
         5,
     ),

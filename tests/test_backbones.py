@@ -17,18 +17,21 @@ from offramp.backbones import (
 )
 
 ATOL = 1e-5
+IMAGE_TYPES = ("vit",)
 LENGTHS = (12, 5, 9)  # row 1 is the shortest, rows 0 and 2 are kept by the compaction test
 
-# Every registered family, plus a DeBERTa-v3-style variant (shared attention keys, no absolute positions,
-# no token types, no ConvLayer) so both DeBERTa attention branches run.
-CASES: list[tuple[str, dict[str, Any]]] = [(t, {}) for t in supported_model_types()] + [
+# Every registered text family (images: tests/test_vit.py, tests/test_resnet.py), plus a DeBERTa-v3-style
+# variant (shared attention keys, no absolute positions, no token types, no ConvLayer) so both DeBERTa
+# attention branches run.
+TEXT_TYPES = [t for t in supported_model_types() if t not in IMAGE_TYPES]
+CASES: list[tuple[str, dict[str, Any]]] = [(t, {}) for t in TEXT_TYPES] + [
     (
         "deberta-v2",
         {"share_att_key": True, "position_biased_input": False, "type_vocab_size": 0, "conv_kernel_size": 0},
     ),
     ("bert", {"attn_implementation": "eager"}),
 ]
-CASE_IDS = [*supported_model_types(), "deberta-v3-style", "bert-eager"]
+CASE_IDS = [*TEXT_TYPES, "deberta-v3-style", "bert-eager"]
 
 
 def _build(model_type: str, overrides: dict[str, Any]) -> torch.nn.Module:

@@ -78,7 +78,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      r"--val-size 1\.5: expected a row count"),
     ("unknown backbone, offline",
      lambda w: _train(str(w["model"].parent / "new"), "--backbone", "nosuch-org/nosuch-model"),
-     r"cannot load backbone 'nosuch-org/nosuch-model': not a short name \(minilm-l6\)"),
+     r"cannot load backbone 'nosuch-org/nosuch-model': not a short name \(minilm-l6, mpnet-base\)"),
     ("backbone with pickle weights only",
      lambda w: _train(str(w["model"].parent / "new"), "--backbone", str(w["picklebone"])),
      r"holds only pickle weights \(pytorch_model\.bin\) and offramp loads safetensors only"),

@@ -137,7 +137,7 @@ def test_predict_cli_quantized(minilm_sst2_dir: Path, tmp_path: Path) -> None:
     assert [r["line"] for r in records] == [1, 2] and all("exit_layer" in r for r in records)
 
 
-@pytest.mark.parametrize("command", ["predict", "bench", "evaluate"])
+@pytest.mark.parametrize("command", ["predict", "bench", "evaluate", "serve"])
 def test_bad_quantize_mode_is_a_one_line_error(
     minilm_sst2_dir: Path, tmp_path: Path, capsys: Any, command: str
 ) -> None:
@@ -145,7 +145,7 @@ def test_bad_quantize_mode_is_a_one_line_error(
 
     src = tmp_path / "in.txt"
     src.write_text("fine\n")
-    extra = [str(src)] if command == "predict" else ["--task", "sst2"]
+    extra = {"predict": [str(src)], "serve": []}.get(command, ["--task", "sst2"])
     assert main([command, str(minilm_sst2_dir), *extra, "--quantize", "int4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "'int4'" in err and "int8" in err, err
@@ -156,3 +156,61 @@ def test_quantized_outputs_get_their_own_cache_file(tmp_path: Path) -> None:
 
     assert cache_path(tmp_path, "sst2", "dev").name == "exit_outputs_sst2_dev.npz"
     assert cache_path(tmp_path, "sst2", "dev", "int8").name == "exit_outputs_sst2_dev_int8.npz"
+
+
+def test_quantized_copy_uses_the_policy_calibrated_for_int8(minilm_sst2: Any) -> None:
+    """A policy calibrated on int8 outputs (config.runtime_policies) becomes the quantized copy's default;
+    the fp32 model keeps its own."""
+    import copy
+
+    from offramp.engine import resolve_policy
+    from offramp.quantize import quantize_model
+
+    model = copy.deepcopy(minilm_sst2)
+    model.config.policy = {"name": "threshold", "params": {"signal": "maxprob", "tau": 0.9}}
+    model.config.runtime_policies = {
+        "int8": {"name": "threshold", "params": {"signal": "maxprob", "tau": 0.8}}
+    }
+    q = quantize_model(model)
+    assert resolve_policy(q).to_config()["params"]["tau"] == 0.8
+    assert resolve_policy(model).to_config()["params"]["tau"] == 0.9
+
+
+def test_server_runs_the_quantized_model(minilm_sst2: Any) -> None:
+    from starlette.testclient import TestClient
+
+    from offramp.engine import resolve_policy
+    from offramp.quantize import quantize_model
+    from offramp.serve import ServeConfig, build_state, create_app
+
+    q = quantize_model(minilm_sst2)
+    state = build_state(q, ServeConfig(), resolve_policy(q, "maxprob", 0.9))
+    with TestClient(create_app(state)) as client:
+        r = client.post("/predict", json={"inputs": ["a gripping , beautiful film", "dull and tedious"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == 2
+
+
+def test_calibrate_quantized_saves_a_policy_for_int8_only(minilm_sst2_dir: Path, tmp_path: Path) -> None:
+    """`calibrate --quantize int8` calibrates on the int8 model's outputs and stores the threshold under
+    runtime_policies["int8"]; the fp32 policy is left alone and the quantized copy picks the int8 one."""
+    import shutil
+
+    from offramp.cascade import load_any
+    from offramp.cli import main
+    from offramp.engine import resolve_policy
+    from offramp.quantize import quantize_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(minilm_sst2_dir, folder)
+    rows = (GLUE_DIR / "SST-2" / "dev.tsv").read_text().splitlines()[: 1 + N_AGREE]
+    (tmp_path / "val.tsv").write_text("\n".join(rows) + "\n")
+    data = ["--task", "sst2", "--data-file", str(tmp_path / "val.tsv")]
+    goal = ["--target-speedup", "2.0", "--policy", "maxprob", "--no-progress"]
+    assert main(["calibrate", str(folder), *data, *goal, "--quantize", "int8"]) == 0
+    config = json.loads((folder / "offramp.json").read_text())
+    saved = config["runtime_policies"]["int8"]
+    assert config["policy"] is None and saved["name"] == "threshold"
+    model = load_any(folder)
+    assert resolve_policy(quantize_model(model)).to_config()["params"] == saved["params"]
+    assert resolve_policy(model).to_config()["name"] != "threshold"  # fp32 still runs the final exit

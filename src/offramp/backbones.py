@@ -300,6 +300,58 @@ class DebertaV2Adapter(BackboneAdapter):
         return None
 
 
+class ViTAdapter(BackboneAdapter):
+    """Vision Transformer (stock ``ViTModel``): patch + CLS embeddings, then ``layers[i]``; images only.
+
+    Follows the image contract (``embed_pixels``, no attention mask, rows compacted with
+    ``index_select``). ViT is pre-LayerNorm: the stock model normalises the last layer's output with
+    ``model.layernorm`` before ``last_hidden_state`` and the pooler, so ``run_layer`` applies that
+    LayerNorm after the backbone's final layer, and the last exit sees exactly ``last_hidden_state``
+    (a ``pooler`` head starts from the stock pooler, so it reproduces ``pooler_output``). Earlier exits
+    see the residual stream after their layer, as the stock ``hidden_states`` outputs do.
+    """
+
+    model_types = ("vit",)
+    trim_safe = False  # no padding to trim: every token is a patch (or CLS)
+
+    def layers(self) -> list[nn.Module]:
+        """The stock ``ViTLayer`` modules."""
+        return list(self.model.layers)
+
+    def layer_module(self, index: int) -> nn.Module:
+        """The ``ViTLayer`` applied at layer ``index``."""
+        return self.model.layers[index]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the position embeddings were made for."""
+        size = self.config.image_size
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def num_channels(self) -> int:
+        """Colour channels of the input images."""
+        return int(self.config.num_channels)
+
+    def embed(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """ViT takes images: use :meth:`embed_pixels`."""
+        raise TypeError("a ViT takes images: call embed_pixels(pixel_values), not token ids")
+
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLS + patch embeddings with positions, [B, 1 + patches, hidden]: the input of layer 1."""
+        weight = self.model.embeddings.patch_embeddings.projection.weight
+        return self.model.embeddings(pixel_values.to(weight.dtype))
+
+    def layer_context(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, Any]:
+        """No mask: every row attends to all of its own patches."""
+        return {"mask": None}
+
+    def run_layer(self, index: int, hidden: torch.Tensor, context: dict[str, Any]) -> torch.Tensor:
+        """One stock ``ViTLayer``; after the backbone's last one, the stock final LayerNorm too."""
+        hidden = _first(self.layer_module(index)(hidden, None))
+        return self.model.layernorm(hidden) if index == self.num_layers - 1 else hidden
+
+
 ADAPTERS: dict[str, type[BackboneAdapter]] = {}
 
 
@@ -315,6 +367,7 @@ register_adapter(AlbertAdapter)
 register_adapter(DistilBertAdapter)
 register_adapter(MPNetAdapter)
 register_adapter(DebertaV2Adapter)
+register_adapter(ViTAdapter)
 
 
 def supported_model_types() -> list[str]:
@@ -374,6 +427,50 @@ _TINY_FAMILY: dict[str, dict[str, Any]] = {
 }
 
 
+#: Randomly initialised ViT sizes by name: (hidden size, layers, heads, MLP size). ``vit-tiny`` and
+#: ``vit-small`` are DeiT-Tiny/Small; ``vit-micro`` is small enough to train on a CPU in minutes.
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "vit-micro": (64, 6, 4, 128),
+    "vit-tiny": (192, 12, 3, 768),
+    "vit-small": (384, 12, 6, 1536),
+}
+
+
+def vit_patch_size(image_size: tuple[int, int]) -> int:
+    """The largest patch side of 16, 8, 7, 4, 2, 1 dividing both sides that still gives >= 49 patches."""
+    h, w = image_size
+    for p in (16, 8, 7, 4, 2):
+        if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= 49:
+            return p
+    return 1
+
+
+def vit_backbone(name: str, image_size: tuple[int, int], num_channels: int) -> nn.Module:
+    """A fresh ``ViTModel`` of a :data:`VIT_SIZES` name for images of ``image_size`` (H, W).
+
+    Images must be square (the stock ViT takes one ``image_size``); the patch side is
+    :func:`vit_patch_size`.
+    """
+    from transformers import ViTConfig, ViTModel
+
+    if name not in VIT_SIZES:
+        raise UnsupportedBackboneError(f"ViT size {name!r}: expected one of {', '.join(VIT_SIZES)}")
+    h, w = (int(image_size[0]), int(image_size[1]))
+    if h != w:
+        raise UnsupportedBackboneError(f"images of {h}x{w}: a ViT backbone expects square images")
+    hidden, layers, heads, mlp = VIT_SIZES[name]
+    config = ViTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        image_size=h,
+        patch_size=vit_patch_size((h, w)),
+        num_channels=int(num_channels),
+    )
+    return ViTModel(config)
+
+
 def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     """A tiny random-weight config for a supported family, for tests and smoke runs without downloads.
 
@@ -387,6 +484,16 @@ def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
             "n_heads": 2,
             "hidden_dim": 37,
             "max_position_embeddings": 64,
+        }
+    elif model_type == "vit":  # 8x8 grey images (sklearn digits): 4 patches of 4x4, plus CLS
+        kwargs = {
+            "hidden_size": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+            "image_size": 8,
+            "patch_size": 4,
+            "num_channels": 1,
         }
     elif model_type in _TINY_FAMILY:
         kwargs = {**_TINY_COMMON, **_TINY_FAMILY[model_type]}

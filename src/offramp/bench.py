@@ -19,10 +19,12 @@ figures are not to be trusted (:meth:`BenchResult.unstable` names them).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ import torch
 from .engine import EarlyExitEngine, EarlyExitResult, PreparedInputs, resolve_policy
 from .metrics import primary_metric, task_metrics
 from .model import ExitModel
+from .policies import Policy, get_policy
 from .progress import progress_bar
 from .quantize import check_mode, quantization_of, quantize_model
 
@@ -59,6 +62,11 @@ class BatchTiming:
     metric: str | None = None
     score: float | None = None
     full_score: float | None = None
+    #: Every method's score on the labels (empty without labels) and agreement with the full model.
+    method_scores: dict[str, float] = field(default_factory=dict)
+    method_agreement: dict[str, float] = field(default_factory=dict)
+    #: Layer-count speed-up of each early-exit method (``early_exit`` and any runtime variants).
+    method_layer_speedup: dict[str, float] = field(default_factory=dict)
 
     @property
     def layer_count_speedup(self) -> float:
@@ -79,6 +87,16 @@ class BatchTiming:
         out["measured_speedup_vs_stock"] = med["stock"] / med["early_exit"]
         if "stock_int8" in med:
             out["measured_speedup_vs_stock_int8"] = med["stock_int8"] / med["early_exit"]
+        #: early exit's speed-up over every method timed, and every method's over stock fp32.
+        out["early_exit_speedup_vs"] = {k: v / med["early_exit"] for k, v in med.items()}
+        out["speedup_vs_stock"] = {k: med["stock"] / v for k, v in med.items()}
+        #: per early-exit method: t(its own full path) / t(it), and that ÷ its layer-count speed-up.
+        out["measured_vs_own_full"] = {
+            k: med["full" if k == "early_exit" else f"{k}_full"] / med[k] for k in self.method_layer_speedup
+        }
+        out["ratio_vs_own_full"] = {
+            k: v / self.method_layer_speedup[k] for k, v in out["measured_vs_own_full"].items()
+        }
         out["ratio_vs_full"] = out["measured_speedup_vs_full"] / self.speedup
         out["ratio_vs_stock"] = out["measured_speedup_vs_stock"] / self.speedup
         out["spread"] = self.spread
@@ -118,24 +136,82 @@ class BenchResult:
         return {**out, **self.meta}
 
 
+@dataclass
+class Method:
+    """One timed way to label the prepared inputs: ``run`` is what the clock measures; ``predictions``
+    (called once, after timing) gives its labels in input order, for its accuracy next to its latency."""
+
+    run: Callable[[], Any]
+    predictions: Callable[[], np.ndarray]
+
+
+#: Extra full-model alternatives :func:`benchmark` can time next to early exit (``baselines=``):
+#: ``attention``: stock transformers under each other attention implementation (sdpa / eager);
+#: ``truncated``: the model cut at the exit nearest early exit's mean depth (the budget policy);
+#: ``torch_int8``: stock inference under torch dynamic int8; ``ort_fp32`` / ``ort_int8``: the full model
+#: exported as one ONNX graph, run by ONNX Runtime (int8: ORT dynamic quantization).
+BASELINES = ("attention", "truncated", "torch_int8", "ort_fp32", "ort_int8")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def _deepest(model: Any) -> Any:
     """The member whose backbone and last head stock inference runs (the model, or a cascade's last)."""
     members = getattr(model, "members", None)
     return members[-1] if members is not None else model
 
 
-def _stock_runner(model: Any, device: torch.device, prepared: PreparedInputs) -> Callable[[], None]:
+def _in_input_order(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> np.ndarray:
+    """Per-batch (rows, logits) -> predictions in input order (argmax; the value for regression)."""
+    out = np.zeros(n, dtype=np.float64)
+    for rows, logits in parts:
+        logits = logits.float().cpu()
+        preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+        out[rows.numpy()] = preds.numpy()
+    return out if parts and parts[0][1].shape[-1] == 1 else out.astype(np.int64)
+
+
+def _stock_method(model: Any, device: torch.device, prepared: PreparedInputs) -> Method:
     """Stock transformers inference of a MultiExitModel: AutoModel forward + its last exit head."""
     backbone, head = model.backbone, model.heads[-1]
     batches = [{k: v.to(device) for k, v in b.items() if k != "rows"} for b in prepared.batches]
 
     @torch.inference_mode()
-    def run() -> None:
-        for batch in batches:
-            hidden = backbone(**batch).last_hidden_state
-            head(hidden, batch["attention_mask"])
+    def run() -> list[torch.Tensor]:
+        return [
+            head(backbone(**batch).last_hidden_state, batch.get("attention_mask"))[0]  # no mask: images
+            for batch in batches
+        ]
 
-    return run
+    def predictions() -> np.ndarray:
+        rows = [b["rows"] for b in prepared.batches]
+        return _in_input_order(list(zip(rows, run(), strict=True)), prepared.num_rows)
+
+    return Method(run, predictions)
+
+
+def _engine_method(engine: EarlyExitEngine, prepared: PreparedInputs, policy: Policy) -> Method:
+    """The live runtime under ``policy`` (early exit, the same-path full model, or a fixed truncation)."""
+
+    def predictions() -> np.ndarray:
+        return engine.run(prepared, policy).predictions
+
+    return Method(lambda: engine.run(prepared, policy), predictions)
+
+
+def _ort_method(session: Any, prepared: PreparedInputs) -> Method:
+    """One ONNX Runtime graph of the full model (its final head) over the same padded batches."""
+    names = {i.name for i in session.get_inputs()}
+    batches = [{k: v.numpy() for k, v in b.items() if k in names} for b in prepared.batches]
+
+    def run() -> list[Any]:
+        return [session.run(None, batch)[0] for batch in batches]
+
+    def predictions() -> np.ndarray:
+        rows = [b["rows"] for b in prepared.batches]
+        parts = [(r, torch.from_numpy(x)) for r, x in zip(rows, run(), strict=True)]
+        return _in_input_order(parts, prepared.num_rows)
+
+    return Method(run, predictions)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -169,39 +245,153 @@ def _scores(task: str | None, result: EarlyExitResult, full: EarlyExitResult, la
     }
 
 
-def _bench_batch_size(
-    engine: EarlyExitEngine, texts: Any, labels: Any, batch_size: int, pols: tuple[Any, Any], opts: dict
-) -> BatchTiming:
-    """Warm up, time the methods and check the early-exit predictions, at one batch size.
+def _truncated_policy(engine: EarlyExitEngine, prepared: PreparedInputs, policy: Policy) -> Policy:
+    """The budget policy at the exit whose layer is nearest early exit's mean layers on these inputs."""
+    mean_layers = float(np.mean(engine.run(prepared, policy).layers_run)) if prepared.num_rows else 0.0
+    slot = int(np.argmin([abs(layer - mean_layers) for layer in engine.exits]))
+    return get_policy("budget").with_threshold(slot + 1)
 
-    ``opts["stock"]``: method name -> the MultiExitModel whose stock inference it times.
-    """
-    pol, full_pol = pols
-    prepared = engine.prepare(texts, batch_size)
-    warm = PreparedInputs(prepared.batches[: opts["warmup_batches"]], prepared.num_rows, batch_size)
-    runs: dict[str, Callable[[], Any]] = {
-        "early_exit": lambda: engine.run(prepared, pol),
-        "full": lambda: engine.run(prepared, full_pol),
+
+def _methods(setup: BenchSetup, prepared: PreparedInputs) -> dict[str, Method]:
+    """Every method of one batch size, on the same prepared batches."""
+    engine, (pol, full_pol) = setup.engine, setup.policies
+    methods = {
+        "early_exit": _engine_method(engine, prepared, pol),
+        "full": _engine_method(engine, prepared, full_pol),
     }
-    for name, stock_model in opts["stock"].items():
-        runs[name] = _stock_runner(stock_model, engine.device, prepared)
+    for name, stock_model in setup.stock.items():
+        methods[name] = _stock_method(stock_model, engine.device, prepared)
+    if "truncated" in setup.baselines:
+        methods["truncated"] = _engine_method(engine, prepared, _truncated_policy(engine, prepared, pol))
+    for name, session in setup.sessions.items():
+        methods[name] = _ort_method(session, prepared)
+    for name, (variant, v_pol, v_full) in setup.variants.items():
+        methods[name] = _engine_method(variant, prepared, v_pol)
+        methods[f"{name}_full"] = _engine_method(variant, prepared, v_full)
+    return methods
+
+
+def _layer_speedups(setup: BenchSetup, prepared: PreparedInputs) -> dict[str, float]:
+    """Layer-count speed-up of every early-exit method (the main one and each variant's)."""
+    engines = {"early_exit": (setup.engine, setup.policies[0])}
+    engines.update({name: (eng, pol) for name, (eng, pol, _) in setup.variants.items()})
+    return {
+        name: eng.model.exit_costs.summary(eng.run(prepared, pol).exit_index)["speedup"]
+        for name, (eng, pol) in engines.items()
+    }
+
+
+def _accuracy(
+    methods: dict[str, Method], task: str | None, labels: Any, full: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(score per method, agreement with the full model per method); scores only with labels."""
+    scores, agreement = {}, {}
+    gold = None if labels is None else np.asarray(labels)
+    for name, method in methods.items():
+        preds = method.predictions()
+        agreement[name] = float(np.mean(preds == full)) if len(full) else 1.0
+        if gold is not None:
+            regression = preds.dtype.kind == "f"
+            metric = primary_metric(task, regression=regression)
+            scores[name] = task_metrics(task, preds, gold, regression=regression)[metric]
+    return scores, agreement
+
+
+def _bench_batch_size(setup: BenchSetup, texts: Any, labels: Any, batch_size: int) -> BatchTiming:
+    """Warm up, time every method interleaved, then score each one's predictions, at one batch size."""
+    engine, (pol, full_pol) = setup.engine, setup.policies
+    prepared = engine.prepare(texts, batch_size)
+    warm = PreparedInputs(prepared.batches[: setup.warmup_batches], prepared.num_rows, batch_size)
     if warm.batches:
-        engine.run(warm, pol)
-        engine.run(warm, full_pol)
-        for stock_model in opts["stock"].values():
-            _stock_runner(stock_model, engine.device, warm)()
-    times = _time_methods(runs, opts["repeats"], opts.get("progress"))
+        for method in _methods(setup, warm).values():
+            method.run()
+    methods = _methods(setup, prepared)
+    times = _time_methods({k: m.run for k, m in methods.items()}, setup.repeats, setup.progress)
     result, full_result = engine.run(prepared, pol), engine.run(prepared, full_pol)
+    scores, agreement = _accuracy(methods, setup.task, labels, full_result.predictions)
     timing = BatchTiming(
         **engine.model.exit_costs.summary(result.exit_index),
         seconds={name: statistics.median(values) for name, values in times.items()},
         all_seconds=times,
-        agreement_with_full=float(np.mean(result.predictions == full_result.predictions)),
+        agreement_with_full=agreement["early_exit"],
+        method_scores=scores,
+        method_agreement=agreement,
+        method_layer_speedup=_layer_speedups(setup, prepared),
     )
     if labels is not None:
-        for key, value in _scores(opts.get("task"), result, full_result, labels).items():
+        for key, value in _scores(setup.task, result, full_result, labels).items():
             setattr(timing, key, value)
     return timing
+
+
+@dataclass
+class BenchSetup:
+    """What every batch size shares: the engine and its two policies, the stock models and ORT sessions."""
+
+    engine: EarlyExitEngine
+    policies: tuple[Policy, Policy]
+    stock: dict[str, Any]
+    sessions: dict[str, Any]
+    baselines: tuple[str, ...]
+    repeats: int
+    warmup_batches: int
+    task: str | None
+    progress: Any = None
+    #: name -> (engine, its policy, its final-exit policy): early exit on other runtimes (int8, ONNX).
+    variants: dict[str, tuple[EarlyExitEngine, Policy, Policy]] = field(default_factory=dict)
+
+
+def check_baselines(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` if every one is a known baseline; else a ValueError naming the bad one and the choices."""
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; expected some of {', '.join(BASELINES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _attention_variants(member: Any) -> dict[str, Any]:
+    """Copies of ``member`` whose backbone runs each attention implementation other than its own."""
+    own = getattr(member.backbone.config, "_attn_implementation", None)
+    out = {}
+    for impl in ATTENTION_IMPLEMENTATIONS:
+        if impl == own:
+            continue
+        variant = copy.deepcopy(member)
+        try:
+            variant.backbone.set_attn_implementation(impl)
+        except (ValueError, ImportError):  # the family does not offer it
+            continue
+        if getattr(variant.backbone.config, "_attn_implementation", None) == impl:
+            out[f"stock_{impl}"] = variant
+    return out
+
+
+def _stock_models(fp32: Any, quantized: Any, baselines: tuple[str, ...], quantize: str | None) -> dict:
+    """Name -> the MultiExitModel whose stock inference is timed under that name."""
+    stock = {"stock": _deepest(fp32)}
+    if "attention" in baselines:
+        stock.update(_attention_variants(_deepest(fp32)))
+    if quantize is not None:
+        stock[f"stock_{quantize}"] = _deepest(quantized)
+    elif "torch_int8" in baselines:
+        stock["stock_int8"] = _deepest(quantize_model(_deepest(fp32), "int8"))
+    return stock
+
+
+def _ort_sessions(fp32: Any, baselines: tuple[str, ...], folder: str) -> dict[str, Any]:
+    """ONNX Runtime sessions of the full model exported as one graph, fp32 and/or int8."""
+    wanted = [b for b in ("ort_fp32", "ort_int8") if b in baselines]
+    if not wanted:
+        return {}
+    from .export import export_full_onnx
+    from .exported import ort_session
+
+    sessions = {}
+    for name in wanted:
+        path = os.path.join(folder, f"{name}.onnx")
+        export_full_onnx(_deepest(fp32), path, int8=name == "ort_int8")
+        sessions[name] = ort_session(path)
+    return sessions
 
 
 def benchmark(
@@ -216,32 +406,69 @@ def benchmark(
     task: str | None = None,
     progress: bool = False,
     quantize: str | None = None,
+    baselines: Sequence[str] = (),
+    variants: dict[str, tuple[ExitModel, Any]] | None = None,
 ) -> BenchResult:
-    """Time early exit, the same-path full model and stock inference at each batch size.
+    """Time early exit, the same-path full model, stock inference and any ``baselines`` per batch size.
 
-    ``data``: a TextDataset or a list of texts (labels, when present, give task scores too).
+    ``data``: a TextDataset or a list of texts (labels, when present, give every method's score too).
     ``max_samples`` keeps the first N inputs (batch size 1 over a whole split takes a while).
     ``quantize="int8"``: early exit and full run a quantized copy of the (fp32) ``model``
     (:func:`~offramp.quantize.quantize_model`); ``stock`` stays fp32 and ``stock_int8`` times stock
-    inference under the same quantization.
+    inference under the same quantization. ``baselines``: names from :data:`BASELINES`.
+    ``variants``: name -> (model, policy) for early exit on other runtimes (a quantized copy, an
+    :class:`~offramp.exported.ExportedModel`), timed as ``name`` and ``name_full`` on the same batches.
     """
     if repeats < 1:
         raise ValueError(f"repeats {repeats!r}: expected at least 1")
     if quantization_of(model) is not None:
         raise ValueError("benchmark() needs the fp32 model (and quantize='int8'), so stock fp32 is timed too")
-    stock = {"stock": _deepest(model)}
+    chosen = check_baselines(baselines)
+    fp32 = model
     if quantize is not None:
         model = quantize_model(model, check_mode(quantize))
-        stock[f"stock_{quantize}"] = _deepest(model)
     engine = EarlyExitEngine(model)
     pols = (resolve_policy(model, policy, threshold), resolve_policy(model, "budget", engine.num_exits))
     texts, labels = getattr(data, "texts", data), getattr(data, "labels", None)
     if max_samples is not None:
         texts = texts[:max_samples]
         labels = None if labels is None else labels[:max_samples]
-    report = BenchResult(
-        policy=pols[0].to_config(),
-        examples=len(texts),
+    report = _empty_report(engine, pols[0], len(texts), repeats, warmup_batches)
+    report.meta.update({"quantize": quantize} if quantize else {})
+    with tempfile.TemporaryDirectory(prefix="offramp-bench-") as folder:
+        setup = BenchSetup(
+            engine, pols, _stock_models(fp32, model, chosen, quantize), _ort_sessions(fp32, chosen, folder),
+            chosen, repeats, warmup_batches, task or getattr(data, "task", None),
+            variants=_variant_engines(variants or {}),
+        )  # fmt: skip
+        report.meta["attention"] = getattr(_deepest(fp32).backbone.config, "_attn_implementation", None)
+        n_methods = (
+            2 + len(setup.stock) + len(setup.sessions) + ("truncated" in chosen) + 2 * len(setup.variants)
+        )
+        with progress_bar(total=len(batch_sizes) * repeats * n_methods, desc="timing", unit="pass",
+                          enabled=progress) as bar:  # fmt: skip
+            setup.progress = bar
+            for batch_size in batch_sizes:
+                report.batch_sizes[batch_size] = _bench_batch_size(setup, texts, labels, batch_size)
+    report.load_average_after = list(os.getloadavg())
+    return report
+
+
+def _variant_engines(variants: dict[str, tuple[ExitModel, Any]]) -> dict[str, tuple]:
+    """name -> (engine, its policy, its final-exit policy) for each early-exit runtime variant."""
+    out = {}
+    for name, (model, policy) in variants.items():
+        engine = EarlyExitEngine(model)
+        out[name] = (engine, resolve_policy(model, policy), resolve_policy(model, "budget", engine.num_exits))
+    return out
+
+
+def _empty_report(
+    engine: EarlyExitEngine, policy: Policy, examples: int, repeats: int, warmup_batches: int
+) -> BenchResult:
+    return BenchResult(
+        policy=policy.to_config(),
+        examples=examples,
         exits=list(engine.exits),
         depth=int(engine.exits[-1]),
         stock_layers=int(engine.members[-1].adapter.num_layers),
@@ -250,21 +477,10 @@ def benchmark(
         warmup_batches=warmup_batches,
         load_average_before=list(os.getloadavg()),
     )
-    if quantize is not None:
-        report.meta["quantize"] = quantize
-    task = task or getattr(data, "task", None)
-    total = len(batch_sizes) * repeats * (2 + len(stock))
-    with progress_bar(total=total, desc="timing", unit="pass", enabled=progress) as bar:
-        opts = {"repeats": repeats, "warmup_batches": warmup_batches, "task": task, "progress": bar}
-        opts["stock"] = stock
-        for batch_size in batch_sizes:
-            report.batch_sizes[batch_size] = _bench_batch_size(engine, texts, labels, batch_size, pols, opts)
-    report.load_average_after = list(os.getloadavg())
-    return report
 
 
 def format_report(report: BenchResult) -> str:
-    """A short human-readable table of the benchmark figures."""
+    """A short human-readable table of the benchmark figures (and, with baselines, one row per method)."""
     policy = report.policy
     quantized = (
         f", early exit and full quantized {report.meta['quantize']}" if "quantize" in report.meta else ""
@@ -296,7 +512,26 @@ def format_report(report: BenchResult) -> str:
                 else ""
             )
         )
+    if any(len(t.seconds) > len(METHODS) for t in report.batch_sizes.values()):
+        lines += ["", *_method_table(report)]
     return "\n".join(lines)
+
+
+def _method_table(report: BenchResult) -> list[str]:
+    """Every method at every batch size: ms/input, speed-up over stock fp32, score, agreement."""
+    lines = [
+        f"{'method':<14} {'batch':>5} {'ms/input':>9} {'vs stock':>8} {'score':>7} {'agree':>6} {'spread':>7}"
+    ]
+    for bs, timing in report.batch_sizes.items():
+        for name, seconds in timing.seconds.items():
+            score = timing.method_scores.get(name)
+            lines.append(
+                f"{name:<14} {bs:>5} {1000 * seconds / report.examples:>9.3f} "
+                f"{timing.seconds['stock'] / seconds:>7.2f}x "
+                f"{'' if score is None else f'{score:.3f}':>7} "
+                f"{timing.method_agreement.get(name, float('nan')):>6.3f} {timing.spread[name]:>7.2f}"
+            )
+    return lines
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -8,7 +8,9 @@ threshold grid costs one vectorised pass. Three goals pick the threshold:
   least the target (the most accurate one that still meets it). Needs no labels with ``unlabeled=True``:
   where inputs exit depends only on the exits' outputs;
 * ``rule="beem"``: BEEM's threshold choice (see :func:`calibrate` for the exact rule);
-* ``max_drop``: the fastest setting whose task score is within ``max_drop`` points of the final exit's.
+* ``max_drop``: the fastest setting whose task score is within ``max_drop`` points of the final exit's;
+  with ``confidence=C`` instead the fastest setting whose accuracy loss against the final exit is at most
+  ``max_drop`` points with probability >= C, by Learn-then-Test (:mod:`offramp.risk`).
 
 The result is a :class:`CalibrationResult`; its :meth:`~CalibrationResult.to_config` dict
 (``{"name", "params", "temperatures", "calibration"}``) is stored as ``model.config.policy`` and used by
@@ -35,7 +37,8 @@ from .evaluate import ExitOutputs
 from .io import write_json_atomic
 from .metrics import ExitCosts, exit_predictions, primary_scores
 from .model import ExitModel
-from .policies import BEEM, ExitOutput, Policy, PolicyError, policy_from_config
+from .policies import BEEM, ExitOutput, Policy, PolicyError, get_policy, policy_from_config
+from .risk import RISK, check_level, check_method, harm, learn_then_test
 from .simulate import (
     SweepResult,
     axis_value,
@@ -58,12 +61,14 @@ _SPEED_KEYS = ("speedup", "saved_layers", "cost_fraction", "mean_layers", "exit_
 class CalibrationResult:
     """A calibrated policy and the facts of its calibration.
 
-    ``rule``: ``"speedup"``, ``"beem"`` or ``"accuracy"`` (``max_drop``); ``split``: what it was calibrated
+    ``rule``: ``"speedup"``, ``"beem"``, ``"accuracy"`` (``max_drop``) or ``"risk"`` (``max_drop`` with a
+    ``confidence``: Learn-then-Test); ``split``: what it was calibrated
     on; ``n``: rows; ``exits``: exit layers; ``speed``: the chosen setting's speed-up summary on that split
     (``speedup``, ``saved_layers``, ``cost_fraction``, ``mean_layers``, ``exit_counts``); ``metric``,
     ``final_score`` (the final exit's) and ``score`` (the chosen setting's) are None without labels;
     ``details``: what the goal adds (``target_speedup``, ``max_drop``, ``compare``, ``grid_size``, BEEM's
-    ``early_exits`` / ``early_error`` / ``final_error_on_reference``, ``weights_from``, ``unlabeled``).
+    ``early_exits`` / ``early_error`` / ``final_error_on_reference``, ``weights_from``, ``unlabeled``; the
+    guarantee's ``confidence``, ``method``, ``risk``, ``certified``, ``tested``, ...: see :func:`calibrate`).
     """
 
     policy: Policy
@@ -209,6 +214,8 @@ def calibrate(
     split: str | None = None,
     costs: ExitCosts | None = None,
     unlabeled: bool = False,
+    confidence: float | None = None,
+    risk_test: str = "binomial",
 ) -> CalibrationResult:
     """Choose the policy's threshold on validation outputs.
 
@@ -228,11 +235,17 @@ def calibrate(
       still running) err no more often than the final exit does on them.
     * ``max_drop=D``: the fastest setting whose primary task metric is at least the final exit's
       minus D points (D = 0.5 means 0.5 percentage points).
+    * ``max_drop=D, confidence=C``: the fastest grid setting whose accuracy loss against the final exit
+      is at most D points with probability >= C over the draw of the validation split: Learn-then-Test
+      with fixed-sequence testing from the slowest setting (:mod:`offramp.risk`; ``risk_test`` is
+      ``"binomial"`` or ``"hoeffding-bentkus"``). When none is certified: the final exit (``budget``).
 
     BEEM-A (``weights="accuracy"``) gets its weights from the validation accuracy of each exit first
     (:meth:`Policy.fit`); ``temperature_scaling=True`` fits one temperature per exit by NLL before that.
     """
     _check_goal(target_speedup, rule, max_drop, compare)
+    if confidence is not None and max_drop is None:
+        raise ValueError("confidence= goes with max_drop=D: the guarantee bounds the accuracy drop")
     data = _Split.of(outputs, task, costs)
     pol = policy_from_config(policy)
     if pol.needs_confidence and data.confidence is None:
@@ -246,6 +259,9 @@ def calibrate(
             "calibration needs a labelled validation split; these outputs have no labels "
             "(a speed-up goal can be calibrated without them: unlabeled=True)"
         )
+    if confidence is not None:
+        _check_guarantee(pol, data, temperature_scaling or per_exit)
+        return _calibrate_guaranteed(pol, data, float(max_drop), confidence, risk_test, grid_size, split)
     pol, details = _fit_policy(pol, data, temperature_scaling)
     if per_exit and not (isinstance(pol, BEEM) and rule == "beem"):
         raise ValueError("per-exit calibration is implemented for the BEEM rule with a beem policy")
@@ -355,6 +371,79 @@ def _accuracy_goal(
             f"no setting of policy {pol.kind!r} stays within {max_drop:g} points of the final exit"
         )
     return pick_index(ok, swept.speedup, swept.score), {"rule": "accuracy", "max_drop": float(max_drop)}
+
+
+def check_guarantee_goal(max_drop: float, confidence: float, method: str = "binomial") -> tuple[float, str]:
+    """A guaranteed goal's values, checked: ``max_drop`` points in (0, 100), ``confidence`` in (0, 1)."""
+    if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and 0 < max_drop < 100):
+        raise ValueError(
+            f"max drop {max_drop!r} with a confidence: expected points strictly between 0 and 100 "
+            "(1.0 = one accuracy point)"
+        )
+    return check_level("confidence", confidence), check_method(method)
+
+
+def _check_guarantee(pol: Policy, data: _Split, fits_to_labels: bool) -> None:
+    """What Learn-then-Test cannot certify: thresholds of a family that was itself fitted to the labels."""
+    if data.regression:
+        raise ValueError("a guaranteed max drop bounds an accuracy loss; this is a regression model")
+    if fits_to_labels:
+        raise ValueError(
+            "temperature scaling and per-exit calibration fit to the calibration labels, which the "
+            "guarantee (confidence=) needs untouched; fit them on another split"
+        )
+    if isinstance(pol, BEEM) and pol.weights == "accuracy":
+        raise ValueError(
+            "policy beem-a fits its weights to the calibration labels, which the guarantee (confidence=) "
+            "needs untouched; pass the weights as a list or use beem (BEEM-C)"
+        )
+
+
+def _calibrate_guaranteed(
+    pol: Policy,
+    data: _Split,
+    max_drop: float,
+    confidence: float,
+    method: str,
+    grid_size: int,
+    split: str | None,
+) -> CalibrationResult:
+    """Learn-then-Test over the policy's grid (see :mod:`offramp.risk`); the final exit if none passes.
+
+    Records ``max_drop``, ``confidence``, ``method``, ``risk``, ``tested``, ``certified`` and, for a
+    certified setting, its ``p_value`` and, in accuracy points on this split, ``empirical_risk``,
+    ``risk_bound`` (that setting's own upper confidence bound) and ``empirical_drop``.
+    """
+    level, method = check_guarantee_goal(max_drop, confidence, method)
+    assert data.labels is not None
+    swept = sweep(pol, data, data.costs, None, data.task, grid_size)
+    losses = harm(swept.prediction, data.final_prediction, data.labels).sum(1)
+    n = len(data.labels)
+    control = learn_then_test(losses, n, swept.speedup, max_drop / 100.0, level, method)
+    details: dict[str, Any] = {
+        "max_drop": max_drop,
+        "confidence": level,
+        "method": f"learn-then-test, fixed sequence from the slowest setting, {method} p-values",
+        "risk": RISK,
+        "grid_size": int(len(swept.thresholds)),
+        "tested": control.tested,
+        "certified": control.index is not None,
+    }
+    idx = control.index
+    if idx is None:
+        details["fallback"] = f"final exit: no setting of policy {pol.kind!r} was certified"
+        chosen = get_policy("budget", k=len(data.exits))
+        return _result(chosen, data, "risk", details, split)
+    value = swept.thresholds[idx]
+    chosen = pol.with_threshold(axis_value(pol, value.tolist() if np.ndim(value) else float(value)))
+    correct = swept.prediction[idx] == data.labels
+    details.update(
+        empirical_risk=100.0 * control.risk(idx),
+        risk_bound=100.0 * control.bound(idx),
+        p_value=control.p_value(idx),
+        empirical_drop=100.0 * float((data.final_prediction == data.labels).mean() - correct.mean()),
+    )
+    return _result(chosen, data, "risk", details, split)
 
 
 def _errors(prediction: np.ndarray, labels: np.ndarray, regression: bool) -> np.ndarray:
@@ -515,10 +604,17 @@ def config_file(model_dir: str | os.PathLike[str]) -> Path:
     )
 
 
-def save_policy(model_dir: str | os.PathLike[str], policy: CalibrationResult | dict[str, Any]) -> Path:
+def save_policy(
+    model_dir: str | os.PathLike[str], policy: CalibrationResult | dict[str, Any], runtime: str | None = None
+) -> Path:
     """Write ``policy`` into the folder's config file (see :func:`config_file`) atomically; the weights
-    are untouched."""
+    are untouched. ``runtime`` (e.g. ``"int8"``): the policy was calibrated on that runtime's outputs and
+    is saved under ``runtime_policies[runtime]``, leaving the fp32 ``policy`` as it was."""
     path = config_file(model_dir)
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["policy"] = policy.to_config() if isinstance(policy, CalibrationResult) else policy
+    saved = policy.to_config() if isinstance(policy, CalibrationResult) else policy
+    if runtime is None:
+        config["policy"] = saved
+    else:
+        config.setdefault("runtime_policies", {})[runtime] = saved
     return write_json_atomic(path, config)

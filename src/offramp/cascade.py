@@ -166,7 +166,12 @@ class CascadeModel(ExitProperties, nn.Module):
 def load_any(
     directory: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> MultiExitModel | CascadeModel:
-    """Load a model folder of either kind: a cascade (has ``cascade.json``) or a multi-exit model."""
+    """Load a model folder of any kind: an ONNX export (has ``onnx_export.json``; CPU, run by ONNX
+    Runtime), a cascade (has ``cascade.json``) or a multi-exit model."""
+    from .exported import ExportedModel, is_export_folder
+
+    if is_export_folder(directory):
+        return ExportedModel.load(directory).to(device)
     if (Path(directory) / CASCADE_FILE).is_file():
         return CascadeModel.load(directory, device=device)
     return MultiExitModel.load(directory, device=device)

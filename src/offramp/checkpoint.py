@@ -37,8 +37,8 @@ STATE_FILE = "trainer_state.json"
 @dataclass
 class Position:
     """Where a run is: stage, epoch, batch within the epoch, optimiser steps (in the stage and in all),
-    and the running loss of the epoch. The data order is a pure function of (seed, stage, epoch), so
-    this is all it takes to continue with the same batches."""
+    the running loss of the epoch, and the early-stopping count. The data order is a pure function of
+    (seed, stage, epoch), so this is all it takes to continue with the same batches."""
 
     stage: int = 0
     epoch: int = 0
@@ -47,11 +47,17 @@ class Position:
     global_step: int = 0
     loss_sum: float = 0.0
     loss_batches: int = 0
+    #: Early stopping: validations in a row without a better score, the global step of the last
+    #: validation (-1: none yet in this stage), and whether patience ran out (the stage ends).
+    evals_since_best: int = 0
+    last_eval_step: int = -1
+    stopped_early: bool = False
 
     def start_stage(self, stage: int) -> None:
         """Reset everything but the global step count for a fresh stage."""
         self.stage, self.epoch, self.batch, self.step = stage, 0, 0, 0
         self.loss_sum, self.loss_batches = 0.0, 0
+        self.evals_since_best, self.last_eval_step, self.stopped_early = 0, -1, False
 
     def next_epoch(self) -> None:
         """Move to the start of the next epoch."""

@@ -22,7 +22,7 @@ import torch
 from .cascade import CascadeModel
 from .data import display_names
 from .data.batching import encode_texts, pad_features
-from .model import ExitModel
+from .model import ExitModel, embed_inputs, is_image_adapter
 from .policies import ExitOutput, Policy, PolicyError, PolicyState, get_policy, policy_from_config
 
 Tensor = torch.Tensor
@@ -153,7 +153,8 @@ class EarlyExitEngine:
             self._exit_slot = {}
         else:
             self._exit_slot = {layer: k for k, layer in enumerate(self.exits)}
-        self._trim = [m.adapter.trim_safe for m in self.members]
+        self.is_image = is_image_adapter(first.adapter)
+        self._trim = [m.adapter.trim_safe and not self.is_image for m in self.members]
         self._pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
 
     # -- inputs --------------------------------------------------------------------------------------
@@ -173,9 +174,15 @@ class EarlyExitEngine:
         return [{k: f[k] for k in keys} for f in features]
 
     def prepare(self, inputs: Any, batch_size: int = 32, sort_by_length: bool = True) -> PreparedInputs:
-        """Tokenise and cut into padded tensors once, so repeated runs (benchmarks) skip that work."""
+        """Tokenise and cut into padded tensors once, so repeated runs (benchmarks) skip that work.
+
+        Image models take an ``ImageDataset`` (normalised with the model's stored statistics) or a float
+        tensor [N, C, H, W] (already normalised), cut into batches in input order.
+        """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected a positive integer")
+        if self.is_image:
+            return self._prepare_images(inputs, batch_size)
         features = self.encode(inputs)
         lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(features))
@@ -186,6 +193,16 @@ class EarlyExitEngine:
             batch["rows"] = torch.from_numpy(rows.astype(np.int64))
             batches.append(batch)
         return PreparedInputs(batches, len(features), batch_size)
+
+    def _prepare_images(self, inputs: Any, batch_size: int) -> PreparedInputs:
+        """``{"pixel_values": [B, C, H, W], "rows": [B]}`` batches in input order (no sorting, no padding)."""
+        pixels = self.members[0].pixel_values(inputs)
+        rows = torch.arange(pixels.shape[0], dtype=torch.int64)
+        batches = [
+            {"pixel_values": pixels[start : start + batch_size], "rows": rows[start : start + batch_size]}
+            for start in range(0, pixels.shape[0], batch_size)
+        ]
+        return PreparedInputs(batches, int(pixels.shape[0]), batch_size)
 
     # -- running -------------------------------------------------------------------------------------
     def predict(
@@ -242,10 +259,9 @@ class EarlyExitEngine:
     ) -> None:
         model = self.members[0]
         adapter, heads, exit_slot = model.adapter, model.heads, self._exit_slot
-        mask = batch["attention_mask"]
         rows = batch["rows"]
         state = template.fresh(int(rows.numel()))
-        hidden = adapter.embed(batch["input_ids"], mask, batch.get("token_type_ids"))
+        hidden, mask = embed_inputs(adapter, batch)  # mask: None for images
         context = adapter.layer_context(hidden, mask)
         for i in range(model.depth):
             hidden = adapter.run_layer(i, hidden, context)
@@ -266,9 +282,11 @@ class EarlyExitEngine:
             )
             keep = (~leave).nonzero().squeeze(1)
             rows, state = rows[keep], state.select(keep)
-            hidden, mask = hidden.index_select(0, keep), mask.index_select(0, keep)
-            if self._trim[0]:
-                hidden, mask = _trim_padding(hidden, mask)
+            hidden = hidden.index_select(0, keep)  # [B, T, D] or [B, C, H, W]
+            if mask is not None:
+                mask = mask.index_select(0, keep)
+                if self._trim[0]:
+                    hidden, mask = _trim_padding(hidden, mask)
             context = adapter.layer_context(hidden, mask)
 
     def _run_cascade(
@@ -283,8 +301,8 @@ class EarlyExitEngine:
                 continue
             if self._trim[k]:
                 inputs = _trim_inputs(inputs)
-            adapter, mask = member.adapter, inputs["attention_mask"]
-            hidden = adapter.embed(inputs["input_ids"], mask, inputs.get("token_type_ids"))
+            adapter = member.adapter
+            hidden, mask = embed_inputs(adapter, inputs)
             context = adapter.layer_context(hidden, mask)
             for i in range(member.depth):
                 hidden = adapter.run_layer(i, hidden, context)

@@ -20,7 +20,7 @@ from .model import ExitModel, MultiExitModel
 from .progress import progress_bar
 
 #: Files whose content defines what a model folder computes (a change invalidates cached outputs).
-CONFIG_FILES = ("offramp.json", "cascade.json", "backbone_config.json")
+CONFIG_FILES = ("offramp.json", "cascade.json", "backbone_config.json", "onnx_export.json")
 
 
 @dataclass
@@ -84,14 +84,21 @@ def outputs_fingerprint(model_dir: str | os.PathLike[str], data: TextDataset, ma
 
     Two evaluations with the same fingerprint ran the same weights over the same rows, so cached exit
     outputs can be reused; anything else (another file with as many rows, retrained weights, a new
-    ``max_length``, edited exits or heads in ``offramp.json``) changes it. Weights count by size and mtime.
+    ``max_length``, edited exits or heads in ``offramp.json``) changes it. Weights (safetensors, ONNX graphs)
+    count by size and mtime.
     """
     h = hashlib.sha256()
-    h.update(json.dumps([data.texts, data.labels, max_length], default=str).encode())
+    images = getattr(data, "images", None)
+    if images is not None:  # an ImageDataset: its pixels and labels (normalisation is in offramp.json)
+        labels = None if data.labels is None else np.asarray(data.labels).tolist()
+        h.update(np.ascontiguousarray(images).tobytes() + json.dumps([images.shape, labels]).encode())
+    else:
+        h.update(json.dumps([data.texts, data.labels, max_length], default=str).encode())
     for config in sorted(Path(model_dir).rglob("*.json")):
         if config.name in CONFIG_FILES:
             h.update(f"{config.relative_to(model_dir)}:".encode() + config.read_bytes())
-    for weights in sorted(Path(model_dir).rglob("*.safetensors")):
+    weight_files = [*Path(model_dir).rglob("*.safetensors"), *Path(model_dir).rglob("*.onnx")]
+    for weights in sorted(weight_files):
         st = weights.stat()
         h.update(f"{weights.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
@@ -105,22 +112,30 @@ def collect_exit_outputs(
     max_length: int | None = None,
     progress: bool = False,
 ) -> ExitOutputs:
-    """Run every exit on every example (no early exit) and gather the outputs in dataset order."""
+    """Run every exit on every example (no early exit) and gather the outputs in dataset order.
+
+    ``data``: a TextDataset, or for an image model an ``ImageDataset`` (normalised with the model's
+    statistics, see ``MultiExitModel.pixel_values``).
+    """
     model.eval()
     device = next(model.parameters()).device
-    loader = make_loader(data, model.tokenizer, batch_size, max_length or model.config.max_length)
+    if getattr(model, "is_image", False):
+        pixels = model.pixel_values(data)
+        loader = [{"pixel_values": pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)]
+    else:
+        loader = make_loader(data, model.tokenizer, batch_size, max_length or model.config.max_length)
     logits, confidence = [], []
     for batch in progress_bar(loader, desc="evaluating", enabled=progress):
         inputs = {
             k: v.to(device)
             for k, v in batch.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids")
+            if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
         }
         out = model(**inputs)
         logits.append(out.logits.float().cpu())
         if out.confidence is not None:
             confidence.append(out.confidence.float().cpu())
-    labels = None if data.labels is None else np.asarray(data.labels)
+    labels = None if getattr(data, "labels", None) is None else np.asarray(data.labels)
     return ExitOutputs(
         logits=torch.cat(logits, dim=1).numpy(),
         labels=labels,
@@ -169,7 +184,7 @@ def data_name(data: TextDataset, fallback: str | None = None) -> str:
     Used to name ``exit_outputs_<name>_<split>.npz`` and ``eval_<name>_<split>.json``, so two data files
     evaluated with one model get two names instead of both being called "data".
     """
-    name = data.task
+    name = getattr(data, "task", None)
     if not name and data.source:
         name = Path(str(data.source).split("[")[0]).stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name or fallback or "data").strip("-.")

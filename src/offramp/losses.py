@@ -3,7 +3,8 @@
 Inputs are stacked exit outputs (``logits`` [K, B, C], ``labels`` [B]), so every formula can be checked
 by hand: :func:`joint_loss` (DeeBERT), :func:`weighted_loss` (PABEE, PCEE-BERT), :func:`beem_kd_loss`
 (BEEM), :func:`swm_weights` / :func:`swm_loss` / :func:`osc_loss` (COSEE), :func:`learned_exit_loss`
-(BERxiT). Which formula trains which parameters, and when, is a scheme (:mod:`offramp.schemes`).
+(BERxiT), :func:`teacher_kd_loss` (distillation from an external fine-tuned teacher). Which formula
+trains which parameters, and when, is a scheme (:mod:`offramp.schemes`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,28 @@ def kd_loss(
     log_p_student = F.log_softmax(student / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)  # [K, B]
     return kl.mean(dim=1) * temperature**2
+
+
+def teacher_kd_loss(
+    scheme_loss: torch.Tensor,
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    exit_weights: torch.Tensor,
+    weight: float = 0.5,
+    temperature: float = 2.0,
+    regression: bool = False,
+) -> torch.Tensor:
+    """(1 − W)·L_scheme + W·Σ_k ω_k·KD_k, KD_k = KL(p_teacher^τ ‖ p_k^τ)·τ² (:func:`kd_loss`).
+
+    ``logits`` [K, B, C] the student's exits, ``teacher_logits`` [B, C] an external teacher's (detached),
+    ``exit_weights`` ω [K] how the scheme itself combines its exits (1 each for Σ_k CE_k, w_k/Σw for the
+    weighted mean, 0 for exits a stage does not train), so for ``joint`` this is exactly
+    Σ_k [(1 − W)·CE_k + W·KD_k]: every exit's loss mixed with its distillation term. Regression: KD_k
+    is the squared difference to the teacher's prediction (τ unused).
+    """
+    kd = kd_loss(logits, teacher_logits, temperature, regression)
+    mix = exit_weights.to(kd.device, kd.dtype)
+    return (1.0 - weight) * scheme_loss + weight * (mix * kd).sum()
 
 
 def beem_kd_loss(

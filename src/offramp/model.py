@@ -26,6 +26,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from .backbones import BackboneAdapter, adapter_for
 from .io import atomic_dir
 from .metrics import ExitCosts
+from .resnet import backbone_from_config_dict, build_resnet, parse_backbone_name
+from .weights import mpnet_base_path
 
 CONFIG_FILE = "offramp.json"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
@@ -51,7 +53,7 @@ def _minilm_path() -> str:
 
 
 #: Short names for backbones that ship offline in a Python package.
-BACKBONE_ALIASES = {"minilm-l6": _minilm_path}
+BACKBONE_ALIASES = {"minilm-l6": _minilm_path, "mpnet-base": mpnet_base_path}
 
 
 def resolve_backbone(name: str) -> str:
@@ -169,6 +171,9 @@ class ModelConfig:
     max_length: int = 128
     #: Calibrated exit policy saved with the model ({"name": ..., "params": {...}}); used by default.
     policy: dict[str, Any] | None = None
+    #: Policies calibrated on the outputs of another runtime of these weights (e.g. ``{"int8": {...}}``
+    #: from ``offramp calibrate --quantize int8``); that runtime uses its own instead of ``policy``.
+    runtime_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Free-form provenance (training scheme, seed, data source and sizes, ...).
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -195,6 +200,10 @@ class ExitConfig(ModelConfig):
     head: str = "mean"
     dropout: float = 0.1
     format_version: int = FORMAT_VERSION
+    #: Image models: per-channel mean / std of the training pixels (scaled to [0, 1]); inference
+    #: normalises every image with them (None: the data's own statistics).
+    pixel_mean: list[float] | None = None
+    pixel_std: list[float] | None = None
 
 
 class ExitProperties:
@@ -242,6 +251,19 @@ class ExitModel(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def parameters(self) -> Any: ...
+
+
+def _backbone_from_dict(data: dict[str, Any], folder: Path) -> nn.Module:
+    """A randomly initialised backbone from a saved ``backbone_config.json`` (weights are loaded after)."""
+    try:
+        native = backbone_from_config_dict(data)
+        if native is not None:
+            return native
+        data = dict(data)
+        backbone_config = AutoConfig.for_model(data.pop("model_type", None), **data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"corrupt {BACKBONE_CONFIG_FILE} in {str(folder)!r}: {exc}") from exc
+    return AutoModel.from_config(backbone_config)
 
 
 def parse_exits(spec: str | list[int] | None, num_layers: int) -> list[int]:
@@ -292,7 +314,9 @@ class ExitHead(nn.Module):
         # BERxiT learning-to-exit: one logit per input predicting "this exit is correct".
         self.confidence = nn.Linear(hidden_size, 1) if learned_exit else None
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None and (hidden.ndim == 4 or self.kind == "mean"):
+            return _pool_unmasked(hidden, self.kind)
         if self.kind == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -302,12 +326,51 @@ class ExitHead(nn.Module):
         return first
 
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = self.dropout(self.pool(hidden, attention_mask))
         logits = self.classifier(pooled)
         confidence = self.confidence(pooled).squeeze(-1) if self.confidence is not None else None
         return logits, confidence
+
+
+def _pool_unmasked(hidden: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean pooling without a mask (images): global average pool of [B, C, H, W], mean over T of [B, T, D]."""
+    if hidden.ndim == 4:
+        if kind != "mean":
+            raise ValueError(f"head type {kind!r} cannot pool a feature map [B, C, H, W]; expected 'mean'")
+        return hidden.mean(dim=(2, 3))
+    return hidden.mean(dim=1)
+
+
+def is_image_adapter(adapter: BackboneAdapter) -> bool:
+    """Whether the adapter takes images (``embed_pixels``) rather than token ids."""
+    return callable(getattr(adapter, "embed_pixels", None))
+
+
+def exit_width(adapter: BackboneAdapter, layer: int) -> int:
+    """The width an exit after ``layer`` pools: the hidden size, or a CIFAR ResNet stage's channels."""
+    width = getattr(adapter, "exit_width", None)
+    return int(width(layer)) if width is not None else adapter.hidden_size
+
+
+def embed_inputs(
+    adapter: BackboneAdapter, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states entering layer 1, the 2-D padding mask or None for images) of a prepared batch."""
+    pixels = inputs.get("pixel_values")
+    if pixels is not None:
+        if not is_image_adapter(adapter):
+            raise ValueError("this model takes text (input_ids), not pixel_values")
+        return adapter.embed_pixels(pixels), None
+    if inputs.get("input_ids") is None:
+        raise ValueError(
+            f"a batch needs 'input_ids' (text) or 'pixel_values' (images); got keys {sorted(inputs)}"
+        )
+    if is_image_adapter(adapter):
+        raise ValueError("this model takes images (pixel_values [B, C, H, W]), not input_ids")
+    mask = inputs["attention_mask"]
+    return adapter.embed(inputs["input_ids"], mask, inputs.get("token_type_ids")), mask
 
 
 @dataclass
@@ -334,10 +397,16 @@ class MultiExitModel(ExitProperties, nn.Module):
         self.adapter: BackboneAdapter = adapter_for(backbone)
         config.exits = parse_exits(config.exits, self.adapter.num_layers)
         self.tokenizer = tokenizer
-        hidden = self.adapter.hidden_size
+        adapter = self.adapter
         self.heads = nn.ModuleList(
-            ExitHead(hidden, config.num_labels, config.head, config.dropout, config.learned_exit)
-            for _ in config.exits
+            ExitHead(
+                exit_width(adapter, layer),
+                config.num_labels,
+                config.head,
+                config.dropout,
+                config.learned_exit,
+            )
+            for layer in config.exits
         )
         self._exit_slot = {layer: k for k, layer in enumerate(config.exits)}
         self._init_heads()
@@ -351,13 +420,27 @@ class MultiExitModel(ExitProperties, nn.Module):
         exits: str | list[int] | None = None,
         head: str = "auto",
         problem_type: str = "classification",
+        in_channels: int | None = None,
         **config_kwargs: Any,
     ) -> MultiExitModel:
         """Load a pre-trained encoder (hub name, local path or alias such as ``minilm-l6``) and add exits.
 
         ``head="auto"`` picks the checkpoint's natural pooling: mean pooling for sentence-transformers
         checkpoints, the first token otherwise (see DESIGN.md for why this matters for shallow exits).
+        A CIFAR ResNet name (``resnet56-cifar``; :mod:`offramp.resnet`) builds a freshly initialised image
+        backbone instead (``in_channels``: 3 RGB, 1 grey; exit heads global-average-pool, no dropout).
         """
+        if parse_backbone_name(backbone) is not None:
+            if head not in ("auto", "mean"):
+                raise ValueError(f"head {head!r}: a CIFAR ResNet's exits pool with 'mean' (global average)")
+            config_kwargs.setdefault("dropout", 0.0)
+            config = ExitConfig(
+                backbone=backbone, num_labels=num_labels, exits=exits, head="mean",
+                problem_type=problem_type, **config_kwargs,
+            )  # fmt: skip
+            return cls(config, build_resnet(backbone, in_channels or 3))
+        if in_channels is not None:
+            raise ValueError(f"in_channels={in_channels!r} is for image backbones; {backbone!r} takes text")
         path = resolve_backbone(backbone)
         try:
             encoder = AutoModel.from_pretrained(path, use_safetensors=True)
@@ -411,19 +494,21 @@ class MultiExitModel(ExitProperties, nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         gradient_stop: bool = False,
+        pixel_values: torch.Tensor | None = None,
         **_: Any,
     ) -> MultiExitOutput:
-        """Every exit's logits in one pass.
+        """Every exit's logits in one pass, of token ids (text) or ``pixel_values`` [B, C, H, W] (images).
 
         ``gradient_stop`` (SWEET): the hidden states passed on after each exit are detached, so the
         loss of exit k updates only the layers between exit k-1 and exit k (and its own head).
         """
         adapter = self.adapter
-        hidden = adapter.embed(input_ids, attention_mask, token_type_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        hidden, attention_mask = embed_inputs(adapter, {**inputs, "pixel_values": pixel_values})
         context = adapter.layer_context(hidden, attention_mask)
         logits, confidence = [], []
         for i in range(self.depth):
@@ -438,6 +523,34 @@ class MultiExitModel(ExitProperties, nn.Module):
                 hidden = hidden.detach()
         conf = torch.stack(confidence) if self.config.learned_exit else None
         return MultiExitOutput(logits=torch.stack(logits), confidence=conf)
+
+    # -- images ---------------------------------------------------------------------------------
+    @property
+    def is_image(self) -> bool:
+        """Whether the model takes images (``pixel_values``) rather than text."""
+        return is_image_adapter(self.adapter)
+
+    def pixel_values(self, data: Any) -> torch.Tensor:
+        """float32 [N, C, H, W] the model runs on: an ``ImageDataset`` normalised with the model's
+        ``pixel_mean``/``pixel_std`` (its own statistics when the model has none), or a float tensor as
+        given (already normalised)."""
+        if isinstance(data, torch.Tensor):
+            if data.ndim != 4 or not data.is_floating_point():
+                raise ValueError(
+                    f"image tensor of shape {tuple(data.shape)}, dtype {data.dtype}: "
+                    "expected float [N, C, H, W]"
+                )
+            return data.float()
+        if not callable(getattr(data, "pixels", None)):
+            raise ValueError(
+                f"image inputs of type {type(data).__name__}: "
+                "expected an ImageDataset or a float tensor [N, C, H, W]"
+            )
+        if self.config.pixel_mean is not None and self.config.pixel_std is not None:
+            data = dataclasses.replace(
+                data, mean=tuple(self.config.pixel_mean), std=tuple(self.config.pixel_std)
+            )
+        return data.pixels()
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -475,12 +588,7 @@ class MultiExitModel(ExitProperties, nn.Module):
                 f"model folder {str(folder)!r} has format {config.format_version}; "
                 f"this offramp reads up to {FORMAT_VERSION}"
             )
-        model_type = backbone_dict.pop("model_type", None)
-        try:
-            backbone_config = AutoConfig.for_model(model_type, **backbone_dict)
-        except (ValueError, KeyError) as exc:
-            raise ModelLoadError(f"corrupt {BACKBONE_CONFIG_FILE} in {str(folder)!r}: {exc}") from exc
-        encoder = AutoModel.from_config(backbone_config)
+        encoder = _backbone_from_dict(backbone_dict, folder)
         tokenizer = None
         if (folder / "tokenizer_config.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(str(folder))

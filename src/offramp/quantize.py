@@ -67,7 +67,16 @@ def quantize_model(model: Any, mode: str = "int8") -> Any:
         for member in members:
             _quantize_member(member)
     quantized.quantization = mode
+    _use_runtime_policy(quantized, mode)
     return quantized
+
+
+def _use_runtime_policy(model: Any, mode: str) -> None:
+    """Make the policy calibrated on this runtime's outputs (``config.runtime_policies[mode]``), when
+    there is one, the quantized copy's default: int8 shifts confidences, so the fp32 threshold drifts."""
+    saved = getattr(model.config, "runtime_policies", None) or {}
+    if mode in saved:
+        model.config.policy = saved[mode]
 
 
 def quantization_of(model: Any) -> str | None:

@@ -150,6 +150,12 @@ def calibrated_sentence(cal: Calibrated, metric: str, final_score: float | None)
     elif info.get("rule") == "accuracy" and info.get("max_drop") is not None:
         drop = f"{info['max_drop']:g} points"
         goal = f"Calibrated to stay within {drop} of the final exit on {where}{rows}{there}."
+    elif info.get("rule") == "risk":
+        kept = "" if info.get("certified") else " (none certified: the final exit is kept)"
+        goal = (
+            f"Calibrated by Learn-then-Test on {where}{rows}{there}: accuracy loss against the final exit "
+            f"at most {info.get('max_drop'):g} points with probability ≥ {info.get('confidence'):g}{kept}."
+        )
     elif info.get("rule") == "beem":
         goal = f"Calibrated by BEEM's rule on {where}{rows}{there}."
     else:

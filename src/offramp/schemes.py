@@ -57,7 +57,9 @@ class Stage:
 
     ``trainable(model)`` returns the names of the parameters to train (all others are frozen for the
     stage); ``select_by`` overrides ``TrainConfig.select_by`` for best-epoch selection; ``epochs``
-    overrides ``TrainConfig.epochs``.
+    overrides ``TrainConfig.epochs``. ``exit_weights`` [K]: how the stage's loss combines the exits
+    (0 for an exit it does not train), so a teacher's distillation term (``losses.teacher_kd_loss``)
+    is mixed into each exit's loss in the same proportion; None: 1 per exit.
     """
 
     name: str
@@ -66,6 +68,11 @@ class Stage:
     select_by: str | None = None
     epochs: float | None = None
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
+    exit_weights: torch.Tensor | None = None
+
+    def exit_mix(self, num_exits: int) -> torch.Tensor:
+        """``exit_weights``, or 1 per exit."""
+        return self.exit_weights if self.exit_weights is not None else torch.ones(num_exits)
 
 
 class Scheme:
@@ -98,9 +105,15 @@ class Scheme:
         )
         return self.learned.weight * term
 
+    def exit_weights(self) -> torch.Tensor:
+        """ω [K]: the loss is Σ_k ω_k·L_k over per-exit losses L_k (1 each by default, as Σ_k CE_k)."""
+        return torch.ones(self.num_exits)
+
     def stages(self) -> list[Stage]:
         """The stages to train in order; one by default."""
-        return [Stage("train", self.loss, forward_kwargs=dict(self.forward_kwargs))]
+        stage = Stage("train", self.loss, forward_kwargs=dict(self.forward_kwargs))
+        stage.exit_weights = self.exit_weights()
+        return [stage]
 
     # -- hooks and state ----------------------------------------------------------------------
     @contextmanager
@@ -303,6 +316,13 @@ class FnScheme(Scheme):
         super().__init__(config, model)
         self.fn = fn
         self.kwargs = kwargs
+
+    def exit_weights(self) -> torch.Tensor:
+        """w_k / Σ w for the weighted objectives (``weights`` given), else 1 per exit (Σ_k CE_k)."""
+        weights = self.kwargs.get("weights")
+        if weights is None:
+            return super().exit_weights()
+        return weights.float() / weights.float().sum()
 
     def task_loss(self, output: Any, batch: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         return self.fn(output.logits, batch["labels"], regression=self.regression, **self.kwargs)
@@ -540,6 +560,10 @@ class CoseeScheme(Scheme):
         self.epoch_max = -math.inf if state["epoch_max"] is None else float(state["epoch_max"])
         self.generator.set_state(state["generator"])
 
+    def exit_weights(self) -> torch.Tensor:
+        """1/K: each sample's SWM weights sum to 1 over the exits (uniform at β = 0)."""
+        return torch.full((self.num_exits,), 1.0 / self.num_exits)
+
 
 # -- two-stage (DeeBERT) -------------------------------------------------------------------------
 
@@ -579,8 +603,14 @@ class TwoStageScheme(Scheme):
 
     def stages(self) -> list[Stage]:
         last = self.num_exits - 1
+        final_only = torch.zeros(self.num_exits)
+        final_only[last] = 1.0
         stage1 = Stage(
-            "final-exit", self.final_loss, trainable=lambda m: stage1_parameters(m, last), select_by="last"
+            "final-exit",
+            self.final_loss,
+            trainable=lambda m: stage1_parameters(m, last),
+            select_by="last",
+            exit_weights=final_only,
         )
         if self.num_exits == 1:
             return [stage1]
@@ -589,6 +619,7 @@ class TwoStageScheme(Scheme):
             self.exits_loss,
             trainable=lambda m: stage2_parameters(m, last),
             epochs=self.cfg.stage2_epochs,
+            exit_weights=1.0 - final_only,
         )
         return [stage1, stage2]
 

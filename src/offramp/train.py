@@ -12,6 +12,12 @@ validation at each epoch's end.
 Resumable checkpoints (``TrainConfig.save_every``, :mod:`offramp.checkpoint`): the data order is a pure
 function of (seed, stage, epoch) and checkpoints sit on optimiser-step boundaries, so a run killed and
 resumed ends with the same weights as an uninterrupted one.
+
+Validation runs at each epoch's end, or every ``TrainConfig.eval_every`` optimiser steps; with
+``TrainConfig.patience`` a stage stops once its validation score has not improved for that many
+evaluations in a row (early stopping), keeping the best weights. ``TrainConfig.teacher`` adds
+distillation from an external fine-tuned teacher to every exit's loss (:mod:`offramp.teacher`,
+:func:`offramp.losses.teacher_kd_loss`): (1 − W)·L_scheme + W·Σ_k ω_k·τ²·KL(p_teacher^τ ‖ p_k^τ).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from .checkpoint import Checkpoint, SavedCheckpoint, TrainState, find_checkpoint
 from .data import TextDataset, make_loader
 from .evaluate import per_exit_scores, selection_score
 from .io import write_json_atomic
+from .losses import teacher_kd_loss
 from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
 from .progress import progress_bar
 from .schemes import (
@@ -53,6 +60,7 @@ from .schemes import (
     build_scheme,
     get_scheme_config,
 )
+from .teacher import TeacherInfo, TeacherLogits, teacher_logits
 
 
 @dataclass
@@ -83,6 +91,18 @@ class TrainConfig:
     cpu: bool = False
     #: Batch rows of similar length together (HF ``group_by_length``): less padding, faster steps.
     group_by_length: bool = False
+    #: Validate every N optimiser steps of a stage (and at each epoch's end); None: at each epoch's end.
+    eval_every: int | None = None
+    #: Early stopping: end a stage when the validation score has not improved for this many evaluations
+    #: in a row (its best weights are kept); None: train every epoch. Needs validation data.
+    patience: int | None = None
+    #: An external fine-tuned teacher (offramp model folder: its final exit; or a Hugging Face
+    #: sequence-classification folder) distilled into every exit; see ``offramp.teacher``.
+    teacher: str | None = None
+    #: τ of the teacher's distillation term (softens both distributions; the term is scaled by τ²).
+    kd_temperature: float = 2.0
+    #: W: each exit's loss is (1 − W)·(scheme loss) + W·τ²·KL(teacher_τ ‖ exit_τ).
+    kd_weight: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "keep_checkpoints"):
@@ -98,6 +118,13 @@ class TrainConfig:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if not 0 <= self.kd_weight <= 1:
+            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
 
 
 def _no_decay(name: str) -> bool:
@@ -203,7 +230,9 @@ def resolve_scheme(
     return built
 
 
-def run_signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> dict[str, Any]:
+def run_signature(
+    cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme, teacher: TeacherInfo | None = None
+) -> dict[str, Any]:
     """What a checkpoint must share with the run resuming it (else the data order or schedule differ)."""
     sig = {
         "rows": n_rows,
@@ -215,9 +244,26 @@ def run_signature(cfg: TrainConfig, n_rows: int, world: int, scheme: Scheme) -> 
         "lr": cfg.lr,
         "scheme": scheme.config.to_dict(),
     }
-    if cfg.group_by_length:  # only when on, so checkpoints written before the option still resume
+    # Options below enter only when used, so checkpoints written before they existed still resume.
+    if cfg.group_by_length:
         sig["group_by_length"] = True
+    for name in ("eval_every", "patience"):
+        if getattr(cfg, name) is not None:
+            sig[name] = getattr(cfg, name)
+    if teacher is not None:
+        sig["teacher"] = teacher_record(teacher, cfg)
     return sig
+
+
+def teacher_record(teacher: TeacherInfo, cfg: TrainConfig) -> dict[str, Any]:
+    """The teacher and distillation settings, as saved in ``config.info["teacher"]`` and checked on resume."""
+    return {
+        "path": teacher.path,
+        "kind": teacher.kind,
+        "fingerprint": teacher.fingerprint,
+        "kd_temperature": cfg.kd_temperature,
+        "kd_weight": cfg.kd_weight,
+    }
 
 
 def checkpoint_root(cfg: TrainConfig, out_dir: str | Path | None) -> Path | None:
@@ -290,7 +336,11 @@ class Trainer:
         lengths = [len(r["input_ids"]) for r in self.rows.features] if cfg.group_by_length else None
         self.order = BatchOrder(len(self.rows), cfg.batch_size, cfg.seed, self.world, self.rank, lengths)
         self.steps_per_epoch = math.ceil(self.order.per_rank / cfg.grad_accum)
-        self.signature = run_signature(cfg, len(self.rows), self.world, scheme)
+        if cfg.patience is not None and not (val_data is not None and len(val_data)):
+            raise ValueError(f"patience={cfg.patience} (early stopping) needs validation data; got none")
+        self.teacher = self._teacher(train_data)
+        info = self.teacher.info if self.teacher is not None else None
+        self.signature = run_signature(cfg, len(self.rows), self.world, scheme, info)
         self.checkpoint_root = checkpoint_root(cfg, out_dir)
         if (
             (cfg.save_every or resume)
@@ -303,6 +353,25 @@ class Trainer:
         self.saved: SavedCheckpoint | None = None  # set while the stage to resume is being rebuilt
         self.step_seconds: list[float] = []  # wall time of each optimiser step here (not checkpointed)
         self.started = 0.0
+
+    def _teacher(self, train_data: TextDataset) -> TeacherLogits | None:
+        """The teacher's logits for every training row (computed once, up front), or None without one."""
+        cfg = self.cfg
+        if cfg.teacher is None:
+            return None
+        self._say(f"running the teacher {cfg.teacher} over {len(train_data)} training examples")
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's draws stay
+            teacher = teacher_logits(
+                cfg.teacher,
+                train_data,
+                batch_size=cfg.eval_batch_size,
+                max_length=cfg.max_length,
+                device=device,
+                progress=cfg.progress and self.accelerator.is_local_main_process,
+            )
+        self.model.config.info["teacher"] = teacher_record(teacher.info, cfg)
+        return teacher
 
     @property
     def log(self) -> dict[str, Any]:
@@ -360,6 +429,9 @@ class Trainer:
             if not self.run_epoch(run, epoch):
                 return False
             self.end_epoch(run, epoch)
+            if pos.stopped_early:
+                self.log["stages"][index]["early_stopped"] = pos.global_step
+                break
         if state.best_state is not None:
             self.model.load_state_dict(state.best_state)
             self.log["stages"][index]["best_val_score"] = state.best_score
@@ -403,13 +475,15 @@ class Trainer:
         bar = self._progress_bar(run, epoch, len(batches), pos.batch)
         seen, epoch_start = 0, time.perf_counter()
         for window in windows:
-            if pos.step >= run.total_steps:
+            if pos.step >= run.total_steps or pos.stopped_early:
                 break
             seen += self.step(run, window, epoch)
             pos.batch = min(pos.batch + len(window), len(batches))
             bar.update(len(window))
             rate = seen * self.world / max(time.perf_counter() - epoch_start, 1e-9)
             bar.set_postfix(loss=f"{pos.loss_sum / max(pos.loss_batches, 1):.4f}", ex_per_s=f"{rate:.0f}")
+            if cfg.eval_every and pos.step % cfg.eval_every == 0 and self.val_data:
+                self.evaluate_now(run, epoch)
             if cfg.save_every and pos.global_step % cfg.save_every == 0:
                 self.save_checkpoint(run)
             if cfg.stop_after is not None and pos.global_step >= cfg.stop_after:
@@ -448,6 +522,8 @@ class Trainer:
             with sync:
                 output = run.wrapped(**batch, **run.forward_kwargs)
                 loss = run.stage.loss(output, batch, info)
+                if self.teacher is not None:
+                    loss = self._distil(run, loss, output.logits, idx)
                 accelerator.backward(loss / len(window))
             pos.loss_sum += float(loss.detach())
             pos.loss_batches += 1
@@ -460,6 +536,22 @@ class Trainer:
         pos.step += 1
         pos.global_step += 1
         return seen
+
+    def _distil(
+        self, run: StageRun, loss: torch.Tensor, logits: torch.Tensor, idx: list[int]
+    ) -> torch.Tensor:
+        """The stage's loss mixed with the teacher's distillation term on every exit it trains."""
+        assert self.teacher is not None
+        cfg = self.cfg
+        return teacher_kd_loss(
+            loss,
+            logits,
+            self.teacher.rows(idx, logits.device),
+            run.stage.exit_mix(logits.shape[0]),
+            cfg.kd_weight,
+            cfg.kd_temperature,
+            self.model.is_regression,
+        )
 
     def save_checkpoint(self, run: StageRun) -> Path:
         """Write a resumable checkpoint of the run as it stands (see :mod:`offramp.checkpoint`)."""
@@ -487,11 +579,24 @@ class Trainer:
             "loss": pos.loss_sum / max(pos.loss_batches, 1),
             "steps": pos.global_step,
         }
-        if self.val_data is not None and len(self.val_data):
+        if pos.last_eval_step == pos.global_step:  # validated at this very step (eval_every)
+            entry["val"] = self.log["evals"][-1]["val"]
+        elif self.val_data:
             self.validate(entry, run.select_by)
+        if pos.stopped_early:
+            entry["early_stop"] = True
         self.log["epochs"].append(entry)
         self._say(epoch_line(entry))
         pos.next_epoch()
+
+    def evaluate_now(self, run: StageRun, epoch: int) -> None:
+        """Validation within an epoch (``eval_every``): one ``log["evals"]`` entry; back to training."""
+        pos = self.state.position
+        entry: dict[str, Any] = {"stage": run.stage.name, "epoch": epoch + 1, "steps": pos.global_step}
+        self.validate(entry, run.select_by)
+        self.log.setdefault("evals", []).append(entry)
+        self._say(f"step {pos.global_step} (epoch {epoch + 1}):" + val_text(entry))
+        self.model.train()
 
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate ``tensor`` over processes (itself with one process)."""
@@ -500,15 +605,22 @@ class Trainer:
         return self.accelerator.gather(tensor.to(self.accelerator.device)).cpu()
 
     def validate(self, entry: dict[str, Any], select_by: str) -> None:
-        """Score every exit on the validation split into ``entry``; keep the weights if best so far."""
-        cfg, state = self.cfg, self.state
+        """Score every exit on the validation split into ``entry``; keep the weights if best so far;
+        count validations without improvement (early stopping once ``patience`` of them in a row)."""
+        cfg, state, pos = self.cfg, self.state, self.state.position
         scores = per_exit_scores(self.model, self.val_data, cfg.eval_batch_size, cfg.max_length)  # type: ignore[arg-type]
         entry["val"] = scores
         score = selection_score(scores, select_by)
+        pos.last_eval_step = pos.global_step
         if score > state.best_score:
             state.best_score = score
             state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             entry["best"] = True
+            pos.evals_since_best = 0
+        else:
+            pos.evals_since_best += 1
+        if cfg.patience is not None and pos.evals_since_best >= cfg.patience:
+            pos.stopped_early = True
 
     # -- the end ---------------------------------------------------------------------------------
     def _stopped(self) -> dict[str, Any]:
@@ -563,9 +675,17 @@ def epoch_line(entry: dict[str, Any]) -> str:
     """One printed line per epoch: loss, and validation scores per exit."""
     line = f"epoch {entry['epoch']}: loss {entry['loss']:.4f}"
     if "val" in entry:
-        key = entry["val"][0]["metric"]
-        line += f" | val {key} per exit: " + " ".join(f"{s['score']:.3f}" for s in entry["val"])
-    return line + (" (best)" if entry.get("best") else "")
+        line += " |" + val_text(entry)
+    return line + (
+        " (early stop: no better validation score within the patience)" if entry.get("early_stop") else ""
+    )
+
+
+def val_text(entry: dict[str, Any]) -> str:
+    """`` val <metric> per exit: …`` of a log entry, marked when it is the best so far."""
+    key = entry["val"][0]["metric"]
+    text = f" val {key} per exit: " + " ".join(f"{s['score']:.3f}" for s in entry["val"])
+    return text + (" (best)" if entry.get("best") else "")
 
 
 # =============================================================================================
@@ -771,6 +891,9 @@ def _save_cascade(
 ) -> tuple[CascadeModel, dict[str, Any]]:
     """Save the finished cascade with its members' logs; drop the staged members."""
     cascade.config.info.update(job.provenance())
+    teacher = cascade.members[-1].config.info.get("teacher")
+    if teacher is not None:
+        cascade.config.info["teacher"] = teacher
     log = {"members": logs, "train_seconds": sum(m.get("train_seconds", 0.0) for m in logs)}
     state = PartialState()  # already set up by train()
     if job.out_dir is not None and state.is_main_process:

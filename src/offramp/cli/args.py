@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 EPILOG = """examples:
@@ -191,13 +193,14 @@ def say(message: str) -> None:
 QUANTIZE_CHOICES = ("int8",)  # offramp.quantize.QUANTIZE_MODES, kept here so --help needs no torch
 
 
-def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+def add_quantize_arg(parser: argparse.ArgumentParser, extra: str = "") -> None:
     """``--quantize MODE``: run a quantized copy of the model (torch dynamic int8 of layers and heads)."""
     parser.add_argument(
         "--quantize",
         metavar="MODE",
         help=f"run the model quantized: {', '.join(QUANTIZE_CHOICES)} (torch dynamic quantization of the "
-        "encoder layers' and exit heads' linear layers, CPU); default: none",
+        "encoder layers' and exit heads' linear layers, CPU); the policy `offramp calibrate --quantize` "
+        f"saved for that runtime is used when there is one; default: none{'; ' + extra if extra else ''}",
     )
 
 
@@ -216,3 +219,23 @@ def check_quantize_arg(args: argparse.Namespace) -> None:
     mode = getattr(args, "quantize", None)
     if mode is not None and mode not in QUANTIZE_CHOICES:
         raise ValueError(f"--quantize {mode!r}: unknown mode; expected one of {', '.join(QUANTIZE_CHOICES)}")
+
+
+def prepare_out(args: argparse.Namespace) -> None:
+    """Refuse to replace a folder the user has (unless --overwrite); clean up after killed runs."""
+    from ..io import human_size, stale_temporaries, tree_size
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} exists and is not a folder")
+    for stale in stale_temporaries(out):
+        size = human_size(tree_size(stale))
+        shutil.rmtree(stale, ignore_errors=True)
+        say(f"removed {stale}, a temporary folder left by a killed run ({size})")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+        shown = ", ".join(held[:6]) + (f", ... ({len(held)} entries)" if len(held) > 6 else "")
+        raise ValueError(
+            f"--out {args.out!r} already holds {shown}; pass --overwrite to replace all of it, or choose "
+            "another folder"
+        )

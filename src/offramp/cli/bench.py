@@ -16,6 +16,7 @@ from .args import (
     policy_from_args,
     say,
 )
+from .images import add_image_args, image_data
 
 HELP = "measure wall-clock speed-up of early exit against the full model"
 
@@ -28,13 +29,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "through the same code path and against stock transformers inference (AutoModel + last head), on "
         "the same padded batches in one run; report layer-count and measured speed-ups and their ratio.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  offramp bench runs/sst2 --task sst2 --data-dir ../shared/data/glue "
-        "--batch-sizes 1,64",
+        epilog="examples:\n  offramp bench runs/sst2 --task sst2 --data-dir ../shared/data/glue "
+        "--batch-sizes 1,64\n  offramp bench runs/sst2 --task sst2 --data-dir ../shared/data/glue "
+        "--quantize int8 --baselines all   # early exit on int8 against every alternative",
     )
     p.add_argument(
         "model_dir", help="a folder written by `offramp train` (calibrated by `offramp calibrate`)"
     )
     add_data_args(p, split_default="dev")
+    add_image_args(p)
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes (default: 1,64)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per method; the median is kept (5)")
     p.add_argument("--warmup-batches", type=int, default=8, help="batches run untimed first per method (8)")
@@ -42,6 +45,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--json", help="where to write the figures (default: MODEL_DIR/bench_<task>_<split>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--baselines",
+        default="",
+        help="also time what users would pick instead, with accuracy next to latency, comma-separated: "
+        "attention (stock under sdpa and eager), truncated (the model cut at early exit's mean depth), "
+        "torch_int8, ort_fp32, ort_int8 (the full model as one ONNX Runtime graph; needs offramp[onnx]), "
+        "or 'all'",
+    )
     add_quantize_arg(p)
     add_policy_args(p)
     return p
@@ -55,6 +66,14 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise ValueError(f"--repeats {args.repeats}: expected at least 1")
 
 
+def _baselines(text: str) -> tuple[str, ...]:
+    """``--baselines`` -> names (``all``: every one); unknown names fail in ``check_baselines``."""
+    from ..bench import BASELINES, check_baselines
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    return BASELINES if names == ["all"] else check_baselines(names)
+
+
 def run(args: argparse.Namespace) -> int:
     """Implementation of ``offramp bench``."""
     import torch
@@ -66,17 +85,18 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = parse_batch_sizes(args.batch_sizes)
     _check_counts(args)
+    _baselines(args.baselines)
     check_quantize_arg(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_any(args.model_dir)
     default_task(args, model)
-    data = load_from_args(args, args.split)
+    data = image_data(args, model, args.split) or load_from_args(args, args.split)
     check_data_matches(model, data, need_labels=False)
     report = benchmark(
         model, data, sizes, policy=policy_from_args(args, model), repeats=args.repeats,
         warmup_batches=args.warmup_batches, max_samples=args.max_samples, task=data.task,
-        progress=not args.no_progress, quantize=args.quantize,
+        progress=not args.no_progress, quantize=args.quantize, baselines=_baselines(args.baselines),
     )  # fmt: skip
     report.meta.update({"model_dir": str(args.model_dir), "task": data.task, "split": args.split})
     print(format_report(report))

@@ -7,7 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .args import add_data_args, add_policy_args, has_data_source, load_from_args, policy_from_args, say
+from .args import (
+    add_data_args,
+    add_policy_args,
+    add_quantize_arg,
+    check_quantize_arg,
+    has_data_source,
+    load_from_args,
+    maybe_quantize,
+    policy_from_args,
+    say,
+)
+from .images import add_image_args, calibration_data
 
 HELP = "choose an exit threshold on a validation split and save it with the model"
 
@@ -42,14 +53,19 @@ def _epilog() -> str:
         "                      higher than the final exit's error on those inputs (BEEM);\n"
         "                      --per-exit: one alpha per exit\n"
         "  --max-drop D        fastest setting within D points (0.5 = half a point) of the final\n"
-        "                      exit's score\n\n"
+        "                      exit's score\n"
+        "  --max-drop D --confidence C\n"
+        "                      fastest setting whose accuracy loss against the final exit is at most\n"
+        "                      D points with probability >= C (Learn-then-Test, fixed-sequence testing\n"
+        "                      from the slowest setting; the final exit when none is certified)\n\n"
         "exit policies (--policy NAME; [axis] is the threshold being calibrated):\n"
         + describe_policies()
         + "\n\nWithout --policy the model's saved policy is calibrated again, else maxprob.\n\n"
         "examples:\n"
         "  offramp calibrate runs/sst2 --target-speedup 2.0 --policy entropy\n"
         "  offramp calibrate runs/sst2 --rule beem --policy beem-a --per-exit\n"
-        "  offramp calibrate runs/sst2 --target-speedup 2.0 --unlabeled traffic.txt"
+        "  offramp calibrate runs/sst2 --target-speedup 2.0 --unlabeled traffic.txt\n"
+        "  offramp calibrate runs/sst2 --max-drop 1.0 --confidence 0.95"
     )
 
 
@@ -67,6 +83,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", help="a folder written by `offramp train`")
     add_data_args(p)
+    add_image_args(p)
     p.add_argument(
         "--split",
         help="validation split to calibrate on (default: the rows of train that `offramp train` held out, "
@@ -90,7 +107,25 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     goal.add_argument(
         "--max-drop", type=float, metavar="D", help="allowed drop in points from the final exit"
     )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        metavar="C",
+        help="with --max-drop: guarantee the drop (in accuracy, against the final exit) with probability "
+        ">= C, e.g. 0.95, by Learn-then-Test on the validation split",
+    )
+    p.add_argument(
+        "--risk-test",
+        choices=["binomial", "hoeffding-bentkus"],
+        default="binomial",
+        help="p-values of the guarantee: exact binomial tail (default; the loss is 0/1) or Hoeffding-Bentkus",
+    )
     add_policy_args(p)
+    add_quantize_arg(
+        p,
+        "calibrate on the outputs of the model quantized this way and save the policy for "
+        "that runtime only (used by predict/evaluate/bench/serve with the same --quantize)",
+    )
     p.add_argument(
         "--per-exit", action="store_true", help="one alpha per exit (with --rule beem, BEEM policies)"
     )
@@ -230,6 +265,12 @@ def unlabeled_data(args: argparse.Namespace, model: Any) -> tuple[Any, str]:
 
 def check_goal_flags(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, refused before the model loads."""
+    if args.confidence is not None:
+        from ..calibrate import check_guarantee_goal
+
+        if args.max_drop is None:
+            raise ValueError("--confidence C goes with --max-drop D (the guarantee bounds the accuracy drop)")
+        check_guarantee_goal(args.max_drop, args.confidence, args.risk_test)
     if args.unlabeled is None:
         return
     if args.target_speedup is None:
@@ -269,6 +310,11 @@ def chosen_policy(args: argparse.Namespace, model: Any) -> Any:
 def goal_text(args: argparse.Namespace) -> str:
     if args.target_speedup is not None:
         return f"a {args.target_speedup:g}x layer-count speed-up"
+    if args.max_drop is not None and args.confidence is not None:
+        return (
+            f"an accuracy loss of at most {args.max_drop:g} points against the final exit with probability "
+            f">= {args.confidence:g} (Learn-then-Test, {args.risk_test} p-values)"
+        )
     if args.max_drop is not None:
         return f"at most {args.max_drop:g} points below the final exit"
     return f"BEEM's rule ({args.compare}{', one alpha per exit' if args.per_exit else ''})"
@@ -281,9 +327,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checks import check_data_matches
 
     check_goal_flags(args)
-    model = load_any(args.model_dir)
+    check_quantize_arg(args)
+    model = maybe_quantize(load_any(args.model_dir), args)
     policy = chosen_policy(args, model)
-    data, split = unlabeled_data(args, model) if args.unlabeled else validation_data(args, model)
+    images = calibration_data(args, model)  # None for text models
+    data, split = images or (unlabeled_data(args, model) if args.unlabeled else validation_data(args, model))
     if data.labels is None and not args.unlabeled:
         raise ValueError(
             f"the calibration split {split!r} has no labels; a speed-up goal can use --unlabeled FILE"
@@ -308,12 +356,18 @@ def run(args: argparse.Namespace) -> int:
         compare=args.compare.replace("-", "_"),
         split=split,
         unlabeled=args.unlabeled is not None,
+        confidence=args.confidence,
+        risk_test=args.risk_test,
     )
     say(summary_line(result))
+    if result.rule == "risk":
+        say(guarantee_line(result))
     if args.dry_run:
         print(json.dumps(result.to_config(), indent=2))
     else:
-        say(f"saved as the default policy in {save_policy(args.model_dir, result)}")
+        runtime = args.quantize
+        where = save_policy(args.model_dir, result, runtime=runtime)
+        say(f"saved as the default policy{f' of --quantize {runtime}' if runtime else ''} in {where}")
     return 0
 
 
@@ -326,3 +380,21 @@ def summary_line(result: Any) -> str:
         scored = f"{result.metric} {result.score:.4f} vs final exit {result.final_score:.4f}"
     config = result.policy.to_config()
     return f"{config['name']} {json.dumps(config['params'])}: {speed}, {scored} on {result.split}"
+
+
+def guarantee_line(result: Any) -> str:
+    """What Learn-then-Test certified (or that it certified nothing and the final exit is kept)."""
+    info = result.details
+    drop, level = info["max_drop"], info["confidence"]
+    goal = f"an accuracy drop of at most {drop:g} points with probability >= {level:g}"
+    tests = f"{info['tested']} of {info['grid_size']} settings tested, slowest first, on {result.n} rows"
+    if not info["certified"]:
+        return (
+            f"no setting was certified for {goal} ({tests}): falling back to the final exit (saved as "
+            "budget k=K); more validation rows or a larger --max-drop would let early exit through"
+        )
+    return (
+        f"certified {goal} ({tests}); on this split: drop {info['empirical_drop']:.2f} points, controlled "
+        f"risk {info['empirical_risk']:.2f} points (upper bound {info['risk_bound']:.2f}, "
+        f"p = {info['p_value']:.3g})"
+    )

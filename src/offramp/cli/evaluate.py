@@ -18,6 +18,7 @@ from .args import (
     print_table,
     say,
 )
+from .images import add_image_args, image_data
 
 if TYPE_CHECKING:
     from ..report import EvaluationReport
@@ -37,6 +38,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", help="a folder written by `offramp train`")
     add_data_args(p, split_default="dev")
+    add_image_args(p)
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
     p.add_argument("--json", help="where to write the scores (default: MODEL_DIR/eval_<data>_<split>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_quantize_arg(args)
     model = maybe_quantize(load_any(args.model_dir), args)
     default_task(args, model)
-    data = load_from_args(args, args.split)
+    data = image_data(args, model, args.split) or load_from_args(args, args.split)
     check_data_matches(model, data)
     name = data_name(data, model.config.task)
     variant = f"_{args.quantize}" if args.quantize else ""  # quantized outputs never share fp32's files

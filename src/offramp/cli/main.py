@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "measure wall-clock speed-up of early exit against the full model"),
     "serve": ("serve", "serve a model over HTTP with dynamic batching and a live speed knob"),
     "gradients": ("gradients", "measure conflicting gradients between exits (SWEET §3.1)"),
+    "export": ("export", "export a trained model to ONNX (one graph per block) for ONNX Runtime"),
 }
 
 

@@ -15,6 +15,7 @@ from .args import (
     policy_from_args,
     policy_help,
 )
+from .images import run_predict
 
 HELP = "label texts with early exit (JSONL out)"
 
@@ -34,6 +35,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "input", nargs="?", default="-", help="text file, one input per line ('-' or omitted: stdin)"
     )
+    p.add_argument("more_inputs", nargs="*", metavar="IMAGE", help="image model: more image files")
     p.add_argument("--output", "-o", help="write JSONL here instead of stdout")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
     p.add_argument(
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} {value}: expected a positive count")
     check_quantize_arg(args)
     model = maybe_quantize(load_any(args.model_dir), args)
+    if (images := run_predict(args, model, top_k)) is not None:  # image files (image models)
+        return images
     policy = policy_from_args(args, model)
     texts, numbers = read_inputs(args.input, is_pair_task(model))
     result = EarlyExitEngine(model).predict(texts, policy=policy, batch_size=args.batch_size)

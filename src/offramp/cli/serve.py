@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from .args import add_policy_args, policy_from_args, say
+from .args import add_policy_args, add_quantize_arg, check_quantize_arg, maybe_quantize, policy_from_args, say
 
 HELP = "serve a model over HTTP with dynamic batching and a live speed knob"
 
@@ -56,6 +56,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument("--max-chars", type=int, default=10_000, help="characters per text before 413 (10000)")
     b.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait (default: 30)")
     add_policy_args(p)
+    add_quantize_arg(p)
     c = p.add_argument_group("label-free speed control")
     c.add_argument(
         "--target-speedup",
@@ -138,6 +139,7 @@ def serve_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Load the model, build the app, serve until interrupted (graceful shutdown)."""
     config = serve_config(args)
+    check_quantize_arg(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}: expected a positive integer")
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.server import is_loopback
     from .predict import is_pair_task, read_inputs
 
-    model = load_any(args.model_dir)
+    model = maybe_quantize(load_any(args.model_dir), args)
     policy = policy_from_args(args, model)
     warmup = None
     if args.warmup:

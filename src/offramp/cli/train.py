@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .args import EPILOG, add_data_args, load_from_args, say
+from .args import EPILOG, add_data_args, load_from_args, prepare_out, say
+from .images import add_image_args, run_train, wants_images
 
 HELP = "fine-tune a multi-exit model"
 
@@ -51,8 +53,46 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="validation rows carved from train before subsampling: a count, or a fraction < 1 "
         "(default: 10%% of train, at most 1000)",
     )
-    t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=float, default=3.0, help="training epochs (default: 3)")
+    add_optimisation_args(p)
+    add_scheme_args(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output model folder (written atomically; an existing one is refused unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out folder and all it holds"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_image_args(p, train=True)
+    return p
+
+
+def add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Optimisation flags; the defaults are the recipe ``offramp train`` uses without tuning flags."""
+    t = p.add_argument_group(
+        "optimisation",
+        "Default recipe: up to 10 epochs at lr 1e-4 with early stopping on the validation split (stop "
+        "after 2 validations without a better score; the best weights are kept), so the training length "
+        "fits the task without tuning.",
+    )
+    t.add_argument(
+        "--epochs", type=float, default=10.0, help="most training epochs; see --patience (default: 10)"
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=2,
+        help="early stopping: stop after N validations in a row without a better validation score, "
+        "keeping the best weights; 0 trains every epoch (default: 2)",
+    )
+    t.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="STEPS",
+        help="validate every STEPS optimiser steps as well as at each epoch's end (default: each epoch's "
+        "end only)",
+    )
     t.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
     t.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
     t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
@@ -74,17 +114,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=["mean", "last"],
         help="keep the epoch with the best validation score, averaged over exits or of the last exit",
     )
-    add_scheme_args(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output model folder (written atomically; an existing one is refused unless --overwrite)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out folder and all it holds"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +148,26 @@ def add_scheme_args(p: argparse.ArgumentParser) -> None:
         "--learned-exit-no-detach",
         action="store_true",
         help="let the learned-exit loss reach the backbone (default: the heads see detached inputs)",
+    )
+    k = p.add_argument_group(
+        "distillation from a teacher",
+        "Each exit's loss becomes (1 - W) * (scheme loss) + W * T^2 * KL(teacher_T || exit_T) (squared "
+        "error to the teacher's output for regression), for any scheme; the teacher's logits are "
+        "computed once per training example before training. Unlike beem-kd (the model's own final "
+        "exit teaches), the teacher is a separate, already fine-tuned model.",
+    )
+    k.add_argument(
+        "--teacher",
+        metavar="DIR",
+        help="a fine-tuned model with the same labels: an offramp model folder (its final exit; e.g. a "
+        "plain fine-tune trained with --exits 6) or a Hugging Face sequence-classification folder "
+        "(safetensors)",
+    )
+    k.add_argument(
+        "--kd-temperature", type=float, default=2.0, help="temperature T of the distillation term (2.0)"
+    )
+    k.add_argument(
+        "--kd-weight", type=float, default=0.5, help="weight W of the distillation term, in [0, 1] (0.5)"
     )
     c = p.add_argument_group("checkpoints")
     c.add_argument("--save-every", type=int, default=0, help="write a resumable checkpoint every N steps (0)")
@@ -156,6 +205,11 @@ def _train_config(args: argparse.Namespace) -> Any:
         save_every=args.save_every,
         checkpoint_dir=args.checkpoint_dir,
         group_by_length=args.group_by_length,
+        eval_every=args.eval_every,
+        patience=args.patience or None,
+        teacher=args.teacher,
+        kd_temperature=args.kd_temperature,
+        kd_weight=args.kd_weight,
     )
 
 
@@ -192,26 +246,6 @@ def _split(args: argparse.Namespace, full: Any) -> tuple[Any, Any]:
     return train_data, val_data
 
 
-def _prepare_out(args: argparse.Namespace) -> None:
-    """Refuse to replace a folder the user has (unless --overwrite); clean up after killed runs."""
-    from ..io import human_size, stale_temporaries, tree_size
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out!r} exists and is not a folder")
-    for stale in stale_temporaries(out):
-        size = human_size(tree_size(stale))
-        shutil.rmtree(stale, ignore_errors=True)
-        say(f"removed {stale}, a temporary folder left by a killed run ({size})")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-        shown = ", ".join(held[:6]) + (f", ... ({len(held)} entries)" if len(held) > 6 else "")
-        raise ValueError(
-            f"--out {args.out!r} already holds {shown}; pass --overwrite to replace all of it, or choose "
-            "another folder"
-        )
-
-
 def _drop_checkpoints(args: argparse.Namespace, cfg: Any) -> None:
     """Remove the run's checkpoints after success (unless --keep-checkpoints), saying how much either way."""
     from ..io import human_size, tree_size
@@ -235,11 +269,16 @@ def run(args: argparse.Namespace) -> int:
     from ..train import RunSpec, build_and_train
 
     cfg = _train_config(args)
-    _prepare_out(args)
+    prepare_out(args)
+    if wants_images(args):
+        return run_train(args)
     full = load_from_args(args, "train")
     if full.labels is None:
         raise ValueError(f"the training data from {full.source or args.task!r} has no labels")
     train_data, val_data = _split(args, full)
+    if val_data is None and cfg.patience is not None:
+        say("no validation split (--val-size 0): early stopping is off, training runs every epoch")
+        cfg = replace(cfg, patience=None)
     options = parse_options(args.scheme_opt)
     if args.base_loss:
         options["base_loss"] = args.base_loss

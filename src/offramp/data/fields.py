@@ -12,10 +12,13 @@ from .errors import DataError
 def text_columns_of(text_columns: str | Sequence[str] | None) -> tuple[str, ...]:
     """One or two text column names as a tuple."""
     if text_columns is None:
-        raise DataError("no text columns given; expected one or two column names")
+        raise DataError(
+            "no text columns given; expected one or two column names (--text-columns 'sentence' or "
+            "'question,sentence' on the command line, text_columns= in Python)"
+        )
     cols = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
     if len(cols) not in (1, 2):
-        raise DataError(f"text columns {list(cols)!r}: expected one or two column names")
+        raise DataError(f"text columns {list(cols)!r}: expected one or two column names (--text-columns)")
     return cols
 
 

@@ -487,7 +487,8 @@ def format_report(report: BenchResult) -> str:
     )
     lines = [
         f"{report.examples} inputs, policy {policy['name']} {json.dumps(policy['params'])}, "
-        f"{report.threads} threads, median of {report.repeats} runs{quantized}",
+        f"{report.threads} thread{'s' if report.threads != 1 else ''}, "
+        f"median of {report.repeats} runs{quantized}",
         f"{'batch':>5} {'layers x':>8} {'vs full':>8} {'vs stock':>8} {'ratio full':>10} {'ratio stock':>11} "
         f"{'ms/input ee':>11} {'full':>7} {'stock':>7} {'spread':>7}",
     ]
@@ -512,6 +513,18 @@ def format_report(report: BenchResult) -> str:
                 else ""
             )
         )
+    for bs, timing in report.batch_sizes.items():
+        if timing.score is not None:
+            lines.append(
+                f"batch {bs}: {timing.metric} early exit {timing.score:.4f}, full {timing.full_score:.4f}, "
+                f"agreement with full {timing.agreement_with_full:.3f}"
+            )
+    if "stock_is" in report.meta:
+        lines.append(f"stock here: {report.meta['stock_is']}")
+    lines.append(
+        "layers x: layer-count speed-up; vs full / vs stock: measured speed-ups; ratio: measured ÷ "
+        "layer-count (1.0 = every saved layer became saved time); spread: slowest ÷ fastest repeat"
+    )
     if any(len(t.seconds) > len(METHODS) for t in report.batch_sizes.values()):
         lines += ["", *_method_table(report)]
     return "\n".join(lines)

@@ -239,3 +239,14 @@ def prepare_out(args: argparse.Namespace) -> None:
             f"--out {args.out!r} already holds {shown}; pass --overwrite to replace all of it, or choose "
             "another folder"
         )
+
+
+def write_jsonl(output: str | None, records: list[dict[str, Any]]) -> None:
+    """One JSON line per record, to the file ``output`` (``-o``) or to standard output."""
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+    finally:
+        if output:
+            out.close()

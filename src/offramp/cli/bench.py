@@ -99,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, quantize=args.quantize, baselines=_baselines(args.baselines),
     )  # fmt: skip
     report.meta.update({"model_dir": str(args.model_dir), "task": data.task, "split": args.split})
+    if getattr(model, "manifest", None) is not None:  # an `offramp export` folder
+        report.meta["stock_is"] = (
+            "the exported backbone as one ONNX Runtime graph ("
+            + ("int8" if model.manifest.int8 else "fp32")
+            + "), not torch; bench the original model folder with --baselines all for the torch comparison"
+        )
     print(format_report(report))
     unstable = report.unstable()
     if unstable:

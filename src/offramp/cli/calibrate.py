@@ -386,7 +386,8 @@ def guarantee_line(result: Any) -> str:
     """What Learn-then-Test certified (or that it certified nothing and the final exit is kept)."""
     info = result.details
     drop, level = info["max_drop"], info["confidence"]
-    goal = f"an accuracy drop of at most {drop:g} points with probability >= {level:g}"
+    unit = "point" if drop == 1 else "points"
+    goal = f"an accuracy drop of at most {drop:g} {unit} with probability >= {level:g}"
     tests = f"{info['tested']} of {info['grid_size']} settings tested, slowest first, on {result.n} rows"
     if not info["certified"]:
         return (
@@ -394,7 +395,8 @@ def guarantee_line(result: Any) -> str:
             "budget k=K); more validation rows or a larger --max-drop would let early exit through"
         )
     return (
-        f"certified {goal} ({tests}); on this split: drop {info['empirical_drop']:.2f} points, controlled "
-        f"risk {info['empirical_risk']:.2f} points (upper bound {info['risk_bound']:.2f}, "
-        f"p = {info['p_value']:.3g})"
+        f"certified {goal} ({tests}); on this split: drop {info['empirical_drop']:.2f} points; controlled "
+        f"risk (share of inputs early exit gets wrong where the final exit is right, which bounds the drop) "
+        f"{info['empirical_risk']:.2f} points, upper bound {info['risk_bound']:.2f} "
+        f"(p = {info['p_value']:.3g})"
     )

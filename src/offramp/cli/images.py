@@ -12,12 +12,10 @@ source, so ``evaluate``/``calibrate``/``bench`` on it need no data flags.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from .args import policy_from_args, say
+from .args import policy_from_args, say, write_jsonl
 
 #: Image training recipe (offramp.train_images: SGD, momentum 0.9, cosine, crop + flip) where the text
 #: defaults of ``offramp train`` do not fit; used unless the flag is given.
@@ -376,11 +374,6 @@ def run_predict(args: argparse.Namespace, model: Any, top_k: Any) -> int | None:
     data = ImageDataset(pixels, None, names, source="files")  # normalised with the model's mean/std
     policy = policy_from_args(args, model)
     result = EarlyExitEngine(model).predict(data, policy=policy, batch_size=args.batch_size)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for name, record in zip(files, result.records(), strict=True):
-            out.write(json.dumps({"file": name, **top_k(record, args.top_k)}) + "\n")
-    finally:
-        if args.output:
-            out.close()
+    records = [{"file": f, **top_k(r, args.top_k)} for f, r in zip(files, result.records(), strict=True)]
+    write_jsonl(args.output, records)
     return 0

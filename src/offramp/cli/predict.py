@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -14,6 +13,7 @@ from .args import (
     maybe_quantize,
     policy_from_args,
     policy_help,
+    write_jsonl,
 )
 from .images import run_predict
 
@@ -128,11 +128,6 @@ def run(args: argparse.Namespace) -> int:
     policy = policy_from_args(args, model)
     texts, numbers = read_inputs(args.input, is_pair_task(model))
     result = EarlyExitEngine(model).predict(texts, policy=policy, batch_size=args.batch_size)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for number, record in zip(numbers, result.records(), strict=True):
-            out.write(json.dumps({"line": number, **top_k(record, args.top_k)}) + "\n")
-    finally:
-        if args.output:
-            out.close()
+    records = [{"line": n, **top_k(r, args.top_k)} for n, r in zip(numbers, result.records(), strict=True)]
+    write_jsonl(args.output, records)
     return 0

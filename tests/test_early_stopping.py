@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from test_train import FAST, TRAIN, VAL, VOCAB, assert_same_weights, factory
 from transformers import BertTokenizerFast
 
@@ -19,12 +18,7 @@ from offramp.train import RunSpec, TrainConfig, build_and_train
 STEPS_PER_EPOCH = 4  # 64 rows, batch 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 import torch
@@ -77,13 +76,7 @@ def tiny_batch(size: int = 4, length: int = 7) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0][:size])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny models gain nothing from threads, and lose 10x on a busy machine (thread hand-off stalls)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 
 
 # -- joint, weighted, BEEM ---------------------------------------------------------------------

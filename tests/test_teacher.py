@@ -21,13 +21,7 @@ from offramp.schemes import build_scheme
 from offramp.teacher import TeacherError, teacher_logits
 from offramp.train import RunSpec, TrainConfig, build_and_train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 
 
 @pytest.fixture(scope="module")

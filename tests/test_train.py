@@ -68,13 +68,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert not different, different[:5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny models gain nothing from threads, and lose 10x on a busy machine (thread hand-off stalls)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 
 
 TRAIN, VAL = sentiment(64), sentiment(16, seed=1)

@@ -63,15 +63,8 @@ def cosines(model) -> dict[str, float]:
 
 def layer_states(model, enc: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Hidden states after each layer, run by the offramp adapter."""
-    adapter, mask = model.adapter, enc["attention_mask"]
     with torch.inference_mode():
-        hidden = adapter.embed(enc["input_ids"], mask, enc.get("token_type_ids"))
-        context = adapter.layer_context(hidden, mask)
-        states = []
-        for i in range(adapter.num_layers):
-            hidden = adapter.run_layer(i, hidden, context)
-            states.append(hidden)
-    return states
+        return model.adapter.forward_all(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
 
 
 def stock_diff(model, path: str, sentences: list[str]) -> list[float]:

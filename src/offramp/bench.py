@@ -143,6 +143,8 @@ class Method:
 
     run: Callable[[], Any]
     predictions: Callable[[], np.ndarray]
+    #: A live-runtime method's full result (exits included), kept by its first ``predictions()`` call.
+    result: EarlyExitResult | None = None
 
 
 #: Extra full-model alternatives :func:`benchmark` can time next to early exit (``baselines=``):
@@ -193,9 +195,12 @@ def _engine_method(engine: EarlyExitEngine, prepared: PreparedInputs, policy: Po
     """The live runtime under ``policy`` (early exit, the same-path full model, or a fixed truncation)."""
 
     def predictions() -> np.ndarray:
-        return engine.run(prepared, policy).predictions
+        if method.result is None:
+            method.result = engine.run(prepared, policy)
+        return method.result.predictions
 
-    return Method(lambda: engine.run(prepared, policy), predictions)
+    method = Method(lambda: engine.run(prepared, policy), predictions)
+    return method
 
 
 def _ort_method(session: Any, prepared: PreparedInputs) -> Method:
@@ -271,13 +276,13 @@ def _methods(setup: BenchSetup, prepared: PreparedInputs) -> dict[str, Method]:
     return methods
 
 
-def _layer_speedups(setup: BenchSetup, prepared: PreparedInputs) -> dict[str, float]:
-    """Layer-count speed-up of every early-exit method (the main one and each variant's)."""
-    engines = {"early_exit": (setup.engine, setup.policies[0])}
-    engines.update({name: (eng, pol) for name, (eng, pol, _) in setup.variants.items()})
+def _layer_speedups(setup: BenchSetup, methods: dict[str, Method]) -> dict[str, float]:
+    """Layer-count speed-up of every early-exit method (the main one and each variant's), from the
+    results their ``predictions()`` kept."""
+    engines = {"early_exit": setup.engine, **{name: v[0] for name, v in setup.variants.items()}}
     return {
-        name: eng.model.exit_costs.summary(eng.run(prepared, pol).exit_index)["speedup"]
-        for name, (eng, pol) in engines.items()
+        name: engine.model.exit_costs.summary(methods[name].result.exit_index)["speedup"]
+        for name, engine in engines.items()
     }
 
 
@@ -299,7 +304,7 @@ def _accuracy(
 
 def _bench_batch_size(setup: BenchSetup, texts: Any, labels: Any, batch_size: int) -> BatchTiming:
     """Warm up, time every method interleaved, then score each one's predictions, at one batch size."""
-    engine, (pol, full_pol) = setup.engine, setup.policies
+    engine = setup.engine
     prepared = engine.prepare(texts, batch_size)
     warm = PreparedInputs(prepared.batches[: setup.warmup_batches], prepared.num_rows, batch_size)
     if warm.batches:
@@ -307,8 +312,8 @@ def _bench_batch_size(setup: BenchSetup, texts: Any, labels: Any, batch_size: in
             method.run()
     methods = _methods(setup, prepared)
     times = _time_methods({k: m.run for k, m in methods.items()}, setup.repeats, setup.progress)
-    result, full_result = engine.run(prepared, pol), engine.run(prepared, full_pol)
-    scores, agreement = _accuracy(methods, setup.task, labels, full_result.predictions)
+    scores, agreement = _accuracy(methods, setup.task, labels, methods["full"].predictions())
+    result, full_result = methods["early_exit"].result, methods["full"].result
     timing = BatchTiming(
         **engine.model.exit_costs.summary(result.exit_index),
         seconds={name: statistics.median(values) for name, values in times.items()},
@@ -316,7 +321,7 @@ def _bench_batch_size(setup: BenchSetup, texts: Any, labels: Any, batch_size: in
         agreement_with_full=agreement["early_exit"],
         method_scores=scores,
         method_agreement=agreement,
-        method_layer_speedup=_layer_speedups(setup, prepared),
+        method_layer_speedup=_layer_speedups(setup, methods),
     )
     if labels is not None:
         for key, value in _scores(setup.task, result, full_result, labels).items():

@@ -6,12 +6,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_train import FAST, TRAIN, VAL, VOCAB, assert_same_weights, factory
 from transformers import BertTokenizerFast
 
 import offramp.train as train_module
 from offramp.cli.main import parse
+from offramp.evaluate import ExitOutputs, scores_from_outputs, selection_score
 from offramp.model import MultiExitModel
 from offramp.train import RunSpec, TrainConfig, build_and_train
 
@@ -28,15 +30,19 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
     return BertTokenizerFast(vocab_file=str(path))
 
 
-def scripted_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[int]:
-    """Validation returns ``scores`` in turn (every exit alike); returns the list of steps validated at."""
+def scripted_scores(
+    monkeypatch: pytest.MonkeyPatch, scores: list[float], losses: list[float] | None = None
+) -> list[int]:
+    """Validation returns ``scores`` (and ``losses``) in turn (every exit alike); returns the list of
+    steps validated at."""
     calls: list[int] = []
 
     def fake(model: MultiExitModel, data: Any, *_: Any) -> list[dict]:
-        score = scores[min(len(calls), len(scores) - 1)]
+        at = min(len(calls), len(scores) - 1)
         calls.append(len(calls))
-        return [{"exit": k + 1, "layer": layer, "metric": "accuracy", "score": score} for k, layer in
-                enumerate(model.exits)]  # fmt: skip
+        loss = {"loss": losses[at]} if losses else {}
+        return [{"exit": k + 1, "layer": layer, "metric": "accuracy", "score": scores[at], **loss}
+                for k, layer in enumerate(model.exits)]  # fmt: skip
 
     monkeypatch.setattr(train_module, "per_exit_scores", fake)
     return calls
@@ -58,6 +64,20 @@ def test_patience_stops_after_that_many_evaluations_and_keeps_the_best_weights(
     at_best, _ = build_and_train(TRAIN, None, tmp_path / "b", spec, replace(cfg, patience=None, stop_after=8))
     assert_same_weights(model, at_best)
     assert_same_weights(model, MultiExitModel.load(tmp_path / "m"))
+
+
+def test_loss_selection_stops_on_the_validation_loss_while_accuracy_still_rises(
+    tmp_path: Path, tokenizer: BertTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = RunSpec(model_factory=factory(tokenizer))
+    cfg = TrainConfig(**{**FAST, "epochs": 10}, patience=2, select_metric="loss")
+    calls = scripted_scores(monkeypatch, [0.5, 0.6, 0.7, 0.8, 0.9], losses=[0.6, 0.4, 0.45, 0.5, 0.3])
+    model, log = build_and_train(TRAIN, VAL, tmp_path / "m", spec, cfg)
+    assert len(calls) == 4  # the loss was lowest at epoch 2 and rose twice: stop, whatever accuracy did
+    assert [e.get("best", False) for e in log["epochs"]] == [True, True, False, False]
+    assert log["best_val_score"] == pytest.approx(-0.4)
+    at_best, _ = build_and_train(TRAIN, None, tmp_path / "b", spec, replace(cfg, patience=None, stop_after=8))
+    assert_same_weights(model, at_best)
 
 
 def test_eval_every_validates_within_epochs_and_stops_mid_epoch(
@@ -103,7 +123,9 @@ def test_killed_and_resumed_with_early_stopping_matches_an_uninterrupted_run(
 
 
 def test_bad_settings_are_refused(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
-    for field, value in (("patience", 0), ("eval_every", 0), ("kd_temperature", 0.0), ("kd_weight", 1.5)):
+    bad = (("patience", 0), ("eval_every", 0), ("kd_temperature", 0.0), ("kd_weight", 1.5))
+    bad += (("select_metric", "f1"),)
+    for field, value in bad:
         with pytest.raises(ValueError, match=f"{field} must be"):
             TrainConfig(**{field: value})
     with pytest.raises(ValueError, match="patience=2 .*needs validation data"):
@@ -118,3 +140,19 @@ def test_the_cli_default_recipe_is_early_stopped_training() -> None:
 
     assert _train_config(args).patience == 2
     assert _train_config(parse(["train", "--task", "sst2", "--out", "x", "--patience", "0"])).patience is None
+
+
+def test_exit_scores_carry_each_exits_validation_loss() -> None:
+    first, second = [[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 3.0], [3.0, 0.0], [0.5, 0.0]]
+    logits = np.array([first, second], np.float32)
+    labels = np.array([0, 1, 1])
+    outputs = ExitOutputs(logits=logits, labels=labels, exits=[1, 2])
+    rows = scores_from_outputs(outputs, "sst2", regression=False)
+    for k, row in enumerate(rows):
+        z = logits[k] - logits[k].max(1, keepdims=True)
+        expected = -np.mean((z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(3), labels])
+        assert row["loss"] == pytest.approx(expected, rel=1e-5)
+    assert selection_score(rows, "last", "loss") == pytest.approx(-rows[1]["loss"])
+    assert selection_score(rows, "mean", "score") == pytest.approx((2 / 3 + 0) / 2)  # exit 2 is all wrong
+    with pytest.raises(ValueError, match="selection metric 'f1'"):
+        selection_score(rows, "mean", "f1")

@@ -154,8 +154,20 @@ def scores_from_outputs(outputs: ExitOutputs, task: str | None, regression: bool
     for k, layer in enumerate(outputs.exits):
         preds = exit_predictions(outputs.logits[k], regression)
         metrics = task_metrics(task, preds, outputs.labels, regression=regression)
-        rows.append({"exit": k + 1, "layer": layer, "metric": key, "score": metrics[key], "metrics": metrics})
+        loss = exit_loss(outputs.logits[k], outputs.labels, regression)
+        row = {"exit": k + 1, "layer": layer, "metric": key, "score": metrics[key], "metrics": metrics}
+        rows.append({**row, "loss": loss})
     return rows
+
+
+def exit_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
+    """Mean training loss of one exit's outputs: cross-entropy (classification) or squared error."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    if regression:
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+        return float(torch.nn.functional.mse_loss(z.reshape(-1), y.reshape(-1)))
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return float(torch.nn.functional.cross_entropy(z, y))
 
 
 def per_exit_scores(
@@ -166,11 +178,18 @@ def per_exit_scores(
     return scores_from_outputs(outputs, model.config.task, model.is_regression)
 
 
-def selection_score(scores: list[dict], select_by: str) -> float:
-    """Model-selection score: mean of the per-exit primary metric, or the last exit's."""
-    if select_by == "last":
-        return float(scores[-1]["score"])
-    return float(np.mean([s["score"] for s in scores]))
+#: What model selection and early stopping compare: the task's primary metric, or the (negated) loss.
+SELECT_METRICS = ("score", "loss")
+
+
+def selection_score(scores: list[dict], select_by: str, metric: str = "score") -> float:
+    """Model-selection score (higher is better): the mean over exits (``select_by="mean"``) or the last
+    exit's primary metric, or with ``metric="loss"`` minus the mean (or last) validation loss."""
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"selection metric {metric!r}: expected one of {', '.join(SELECT_METRICS)}")
+    values = [s[metric] for s in scores]
+    value = float(values[-1]) if select_by == "last" else float(np.mean(values))
+    return -value if metric == "loss" else value
 
 
 # ---------------------------------------------------------------------------------------------------------

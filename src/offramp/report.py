@@ -100,18 +100,20 @@ def select_policies(
 
 @dataclass
 class ExitScore:
-    """One exit's scores when every input leaves there: ``metric``'s ``score`` and every task metric."""
+    """One exit's scores when every input leaves there: ``metric``'s ``score``, every task metric, and the
+    mean loss (cross-entropy, or squared error for regression)."""
 
     exit: int
     layer: int
     metric: str
     score: float
     metrics: dict[str, float]
+    loss: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(
             {"exit": self.exit, "layer": self.layer, "metric": self.metric, "score": self.score}
-            | {"metrics": self.metrics}
+            | {"metrics": self.metrics, "loss": self.loss}
         )
 
 

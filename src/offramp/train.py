@@ -44,7 +44,7 @@ from transformers import AutoConfig, get_linear_schedule_with_warmup
 from .cascade import CascadeModel, truncate_backbone, truncated_member
 from .checkpoint import Checkpoint, SavedCheckpoint, TrainState, find_checkpoint, save_checkpoint
 from .data import TextDataset, make_loader
-from .evaluate import per_exit_scores, selection_score
+from .evaluate import SELECT_METRICS, per_exit_scores, selection_score
 from .io import write_json_atomic
 from .losses import teacher_kd_loss
 from .model import ModelLoadError, MultiExitModel, parse_exits, resolve_backbone
@@ -78,6 +78,9 @@ class TrainConfig:
     eval_batch_size: int = 128
     seed: int = 42
     select_by: str = "mean"  # "mean" over exits or "last" exit, on the validation split
+    #: What selection and early stopping compare on the validation split: "score" (the task's metric)
+    #: or "loss" (cross-entropy / squared error; lower is better, as Hugging Face Trainer's default).
+    select_metric: str = "score"
     progress: bool = True
     #: Write a resumable checkpoint every N optimiser steps (0: never).
     save_every: int = 0
@@ -114,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.select_by not in ("mean", "last"):
             raise ValueError(f"select_by must be 'mean' or 'last', got {self.select_by!r}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         if self.stop_after is not None and self.stop_after < 1:
@@ -610,7 +615,7 @@ class Trainer:
         cfg, state, pos = self.cfg, self.state, self.state.position
         scores = per_exit_scores(self.model, self.val_data, cfg.eval_batch_size, cfg.max_length)  # type: ignore[arg-type]
         entry["val"] = scores
-        score = selection_score(scores, select_by)
+        score = selection_score(scores, select_by, cfg.select_metric)
         pos.last_eval_step = pos.global_step
         if score > state.best_score:
             state.best_score = score
@@ -685,6 +690,8 @@ def val_text(entry: dict[str, Any]) -> str:
     """`` val <metric> per exit: …`` of a log entry, marked when it is the best so far."""
     key = entry["val"][0]["metric"]
     text = f" val {key} per exit: " + " ".join(f"{s['score']:.3f}" for s in entry["val"])
+    if "loss" in entry["val"][0]:
+        text += " | val loss: " + " ".join(f"{s['loss']:.3f}" for s in entry["val"])
     return text + (" (best)" if entry.get("best") else "")
 
 

@@ -114,6 +114,13 @@ def add_optimisation_args(p: argparse.ArgumentParser) -> None:
         choices=["mean", "last"],
         help="keep the epoch with the best validation score, averaged over exits or of the last exit",
     )
+    t.add_argument(
+        "--select-metric",
+        default="score",
+        choices=["score", "loss"],
+        help="what --select-by and --patience compare on the validation split: the task's metric, or "
+        "the loss (lower is better) (default: score)",
+    )
 
 
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
@@ -201,6 +208,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         max_length=args.max_length,
         seed=args.seed,
         select_by=args.select_by,
+        select_metric=args.select_metric,
         progress=not args.no_progress,
         save_every=args.save_every,
         checkpoint_dir=args.checkpoint_dir,

@@ -611,6 +611,7 @@ def report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "provenance": {
             "commands": COMMANDS,
+            "this_report": "python benchmarks/parity.py " + " ".join(sys.argv[1:]),
             "finished": [finished[0], finished[-1]] if finished else None,
             "machines": sorted({r["machine"] for r in records.values()}),
             "threads": sorted({r["threads"] for r in records.values()}),
@@ -646,7 +647,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Commands: " + "; ".join(f"`{c}`" for c in prov["commands"]) + f". {when} on "
         f"{'; '.join(prov['machines']) or '–'} (torch threads {prov['threads']}, CPU shared with other "
-        f"jobs). Teacher support in offramp.train: {prov['teacher_support'] or 'not yet'}.",
+        f"jobs). Teacher support in offramp.train: {prov['teacher_support'] or 'not yet'}. This report: "
+        f"`{prov.get('this_report', '')}` (its --lrs/--seeds/--schemes decide what the tables include).",
         "",
         "## Summary: best at 2× vs plain",
         "",

@@ -268,3 +268,17 @@ def test_simulate_returns_arrays_of_the_input_kind() -> None:
     assert as_np.exit_slot.shape == (2, 5) and as_np.thresholds.shape == (2, 3)
     np.testing.assert_array_equal(as_np.exit_slot, as_torch.exit_slot.numpy())
     np.testing.assert_array_equal(as_np.exit_layers([2, 4, 6]), np.array([2, 4, 6])[as_np.exit_slot])
+
+
+def test_a_step_reads_maxprob_off_the_cached_softmax_bit_for_bit() -> None:
+    from offramp.signals import get_signal
+
+    logits = torch.randn(4, 257, 3, dtype=torch.float64) * 6  # float64 in: the signal works in float32
+    signal = get_signal("maxprob")
+    for k in range(logits.shape[0]):
+        output = ExitOutput(logits[k])
+        assert torch.equal(output.signal(signal), signal(logits[k]))
+        assert output._probs is not None  # the step's later output.probs reuses this softmax
+    entropy = get_signal("entropy")
+    assert entropy.from_probs is None
+    assert torch.equal(ExitOutput(logits[0]).signal(entropy), entropy(logits[0]))

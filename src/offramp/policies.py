@@ -76,6 +76,12 @@ class ExitOutput:
             self._probs = self.logits.float().softmax(-1)
         return self._probs
 
+    def signal(self, signal: Signal) -> torch.Tensor:
+        """``signal``'s values for these outputs, from the cached softmax when the signal allows it."""
+        if signal.from_probs is not None:
+            return signal.from_probs(self.probs)
+        return signal(self.logits, self.confidence)
+
     @property
     def prediction(self) -> torch.Tensor:
         """argmax class [N] (int64); for regression (C = 1) the predicted value (float32)."""
@@ -498,7 +504,7 @@ class Threshold(Policy):
         return _signal_hint(self._signal, self.axis)
 
     def update(self, state: PolicyState, exit_index: int, output: ExitOutput) -> torch.Tensor:
-        values = self._signal(output.logits, output.confidence)
+        values = output.signal(self._signal)
         return self._signal.passes(values.unsqueeze(0), state.threshold(exit_index))
 
     def grid(self, logits: Tensor, confidence: Tensor | None = None, size: int = 256) -> Tensor:
@@ -585,7 +591,7 @@ class PCEE(Policy):
         return _signal_hint(self._signal, self.axis, f"an input leaves after t={self.t} exits in a row with")
 
     def update(self, state: PolicyState, exit_index: int, output: ExitOutput) -> torch.Tensor:
-        values = self._signal(output.logits, output.confidence)
+        values = output.signal(self._signal)
         confident = self._signal.passes(values.unsqueeze(0), state.threshold(exit_index))
         count = state.values.get("count")
         count = confident.to(torch.int32) if count is None else torch.where(confident, count + 1, 0)
@@ -670,7 +676,7 @@ class BEEM(Policy):
         return self.lam * (exit_index + 1)
 
     def update(self, state: PolicyState, exit_index: int, output: ExitOutput) -> torch.Tensor:
-        score = self.weight(exit_index) * self._maxprob(output.logits).unsqueeze(0)
+        score = self.weight(exit_index) * output.signal(self._maxprob).unsqueeze(0)
         prediction = output.prediction.unsqueeze(0)
         previous = state.values.get("previous")
         if previous is not None:

@@ -24,6 +24,9 @@ class Signal:
     #: Natural value range when bounded (used to draw thresholds), else None.
     bounds: tuple[float, float] | None
     description: str
+    #: The same values from ``softmax(logits.float())`` when the caller already has it (bit-identical to
+    #: ``fn``), so a policy step does not compute the softmax twice; None: the signal needs the logits.
+    from_probs: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, logits: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
         return self.fn(logits, confidence)
@@ -35,7 +38,12 @@ class Signal:
 
 def max_prob(logits: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
     """max_c p_c (Shallow-Deep, RightTool, SWEET)."""
-    return logits.float().softmax(-1).amax(-1)
+    return max_of_probs(logits.float().softmax(-1))
+
+
+def max_of_probs(probs: torch.Tensor) -> torch.Tensor:
+    """max_c p_c from the probabilities themselves."""
+    return probs.amax(-1)
 
 
 def entropy(logits: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,7 +80,14 @@ def learned(_: torch.Tensor, confidence: torch.Tensor | None) -> torch.Tensor:
 SIGNALS: dict[str, Signal] = {
     s.name: s
     for s in (
-        Signal("maxprob", max_prob, True, (0.0, 1.0), "maximum class probability; exit when >= threshold"),
+        Signal(
+            "maxprob",
+            max_prob,
+            True,
+            (0.0, 1.0),
+            "maximum class probability; exit when >= threshold",
+            from_probs=max_of_probs,
+        ),
         Signal("entropy", entropy, False, None, "entropy of p in nats; exit when < threshold"),
         Signal(
             "norm_entropy", normalized_entropy, False, (0.0, 1.0), "entropy / log C; exit when < threshold"

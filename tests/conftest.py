@@ -95,3 +95,15 @@ def single_thread() -> Any:
 def minilm_sst2_dir(minilm_sst2: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``minilm_sst2`` saved as a model folder (for CLI tests); its config has no policy."""
     return minilm_sst2.save(tmp_path_factory.mktemp("minilm") / "sst2")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A WordPiece tokenizer over ``test_train.VOCAB`` for the tiny random-weight BERTs of the training
+    tests (a module may define its own ``tokenizer`` fixture instead, as test_data does)."""
+    from test_train import VOCAB
+    from transformers import BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n")
+    return BertTokenizerFast(vocab_file=str(path))

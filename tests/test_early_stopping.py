@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_train import FAST, TRAIN, VAL, VOCAB, assert_same_weights, factory
+from test_train import FAST, TRAIN, VAL, assert_same_weights, factory
 from transformers import BertTokenizerFast
 
 import offramp.train as train_module
@@ -21,13 +21,6 @@ STEPS_PER_EPOCH = 4  # 64 rows, batch 16
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(path))
 
 
 def scripted_scores(

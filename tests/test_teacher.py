@@ -24,13 +24,6 @@ from offramp.train import RunSpec, TrainConfig, build_and_train
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.single_thread
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(path))
-
-
 def offramp_teacher(folder: Path, tokenizer: BertTokenizerFast, labels: list[str], seed: int = 1) -> Path:
     """A tiny random single-exit offramp model (the 'plain fine-tune') saved as a teacher folder."""
     torch.manual_seed(seed)

@@ -31,13 +31,6 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
 FAST = {"epochs": 2, "batch_size": 16, "progress": False, "max_length": 24}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(path))
-
-
 def sentiment(n: int, seed: int = 0) -> TextDataset:
     """Sentences of random words, labelled by whether positive words outnumber negative ones."""
     rng = random.Random(seed)

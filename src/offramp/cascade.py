@@ -33,6 +33,7 @@ from .model import (
     ModelLoadError,
     MultiExitModel,
     MultiExitOutput,
+    check_format_version,
     natural_pooling,
     resolve_backbone,
 )
@@ -142,11 +143,7 @@ class CascadeModel(ExitProperties, nn.Module):
             config = CascadeConfig.from_dict(json.loads((folder / CASCADE_FILE).read_text()))
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"corrupt {CASCADE_FILE} in {str(folder)!r}: {exc}") from exc
-        if config.format_version > CASCADE_FORMAT_VERSION:
-            raise ModelLoadError(
-                f"cascade {str(folder)!r} has format {config.format_version}; this offramp reads up to "
-                f"{CASCADE_FORMAT_VERSION}"
-            )
+        check_format_version(f"cascade {str(folder)!r}", config.format_version, CASCADE_FORMAT_VERSION)
         members = []
         for k in range(len(config.exits)):
             sub = folder / f"member-{k + 1}"

@@ -42,6 +42,7 @@ from .model import (
     ExitProperties,
     ModelLoadError,
     MultiExitOutput,
+    check_format_version,
 )
 
 MANIFEST_FILE = "onnx_export.json"
@@ -120,11 +121,7 @@ class ExportManifest:
             manifest = cls(**data)
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"corrupt {MANIFEST_FILE} in {str(folder)!r}: {exc}") from exc
-        if manifest.format_version > EXPORT_FORMAT_VERSION:
-            raise ModelLoadError(
-                f"{str(folder)!r} has export format {manifest.format_version}; this offramp reads up to "
-                f"{EXPORT_FORMAT_VERSION}"
-            )
+        check_format_version(f"export {str(folder)!r}", manifest.format_version, EXPORT_FORMAT_VERSION)
         return manifest
 
 
@@ -241,9 +238,22 @@ class _Graph:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
+    def arrays(self, **feeds: np.ndarray | None) -> list[np.ndarray]:
+        """Run on the inputs the graph declares (other feeds are ignored); numpy outputs."""
+        return self.session.run(None, {name: feeds[name] for name in self.inputs})
+
     def __call__(self, **feeds: np.ndarray | None) -> list[torch.Tensor]:
-        given = {name: feeds[name] for name in self.inputs}
-        return [torch.from_numpy(out) for out in self.session.run(None, given)]
+        return [torch.from_numpy(out) for out in self.arrays(**feeds)]
+
+    def token_feeds(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> dict[str, np.ndarray]:
+        """int64 token inputs for a graph that starts from token ids (zero type ids when it wants them)."""
+        feeds = {"input_ids": _numpy(input_ids, np.int64), "attention_mask": _numpy(attention_mask, np.int64)}
+        if "token_type_ids" in self.inputs:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            feeds["token_type_ids"] = _numpy(types, np.int64)
+        return feeds
 
 
 class ExportedAdapter:
@@ -269,12 +279,7 @@ class ExportedAdapter:
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        feeds = {"input_ids": _numpy(input_ids, np.int64), "attention_mask": _numpy(attention_mask, np.int64)}
-        if "token_type_ids" in self._embed.inputs:
-            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-            feeds["token_type_ids"] = _numpy(types, np.int64)
-        given = {name: feeds[name] for name in self._embed.inputs}
-        arrays = self._embed.session.run(None, given)
+        arrays = self._embed.arrays(**self._embed.token_feeds(input_ids, attention_mask, token_type_ids))
         hidden = torch.from_numpy(arrays[0])
         if len(arrays) > 1:  # the batch's context came with it
             context = dict(zip(self._embed.outputs[1:], arrays[1:], strict=True))
@@ -288,9 +293,9 @@ class ExportedAdapter:
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is hidden and pending[1] is attention_mask:
             return pending[2]
-        feeds = {"hidden": _numpy(hidden, np.float32), "attention_mask": _numpy(attention_mask, np.int64)}
-        given = {name: feeds[name] for name in self._context.inputs}
-        arrays = self._context.session.run(None, given)
+        arrays = self._context.arrays(
+            hidden=_numpy(hidden, np.float32), attention_mask=_numpy(attention_mask, np.int64)
+        )
         return dict(zip(self._context.outputs, arrays, strict=True))
 
     def run_layer(self, index: int, hidden: torch.Tensor, context: dict[str, Any]) -> torch.Tensor:
@@ -322,10 +327,7 @@ class _StockBackbone:
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> SimpleNamespace:
-        feeds = {"input_ids": _numpy(input_ids, np.int64), "attention_mask": _numpy(attention_mask, np.int64)}
-        if "token_type_ids" in self.graph.inputs:
-            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-            feeds["token_type_ids"] = _numpy(types, np.int64)
+        feeds = self.graph.token_feeds(input_ids, attention_mask, token_type_ids)
         return SimpleNamespace(last_hidden_state=self.graph(**feeds)[0])
 
 

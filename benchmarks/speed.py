@@ -7,7 +7,8 @@ as one graph, offramp full and early exit (fp32 eager), and early exit combined 
 per-block ONNX Runtime fp32 and with per-block ONNX Runtime int8 — each early-exit runtime calibrated to
 the same layer-count target on ITS OWN outputs (never on dev's labels).
 
-Steps (each skipped when its output exists; ``--fresh`` redoes the calibrations and exports):
+Steps (each skipped when its output exists; ``--fresh`` redoes the calibrations and exports; a saved
+policy calibrated on the other ``--calibration`` source is recalibrated in its folder under ``runs/``):
 1. ``offramp train`` MiniLM-L6, joint, 8,000 SST-2 training sentences, 2 epochs, max length 64;
 2. ``offramp calibrate --target-speedup 2`` (maxprob) on fp32, and with ``--quantize int8`` — by default
    on SST-2 dev's sentences without labels (``--unlabeled``; ``--calibration val``: the held-out rows);

@@ -260,6 +260,11 @@ class EarlyExitEngine:
         model = self.members[0]
         adapter, heads, exit_slot = model.adapter, model.heads, self._exit_slot
         rows = batch["rows"]
+        fused = getattr(model, "run_fused", None)  # an exported model runs threshold policies as one graph
+        result = fused(batch, policy, template.thresholds[0]) if fused is not None else None
+        if result is not None:
+            self._record_fused(rows, *result, out)
+            return
         state = template.fresh(int(rows.numel()))
         hidden, mask = embed_inputs(adapter, batch)  # mask: None for images
         context = adapter.layer_context(hidden, mask)
@@ -288,6 +293,15 @@ class EarlyExitEngine:
                 if self._trim[0]:
                     hidden, mask = _trim_padding(hidden, mask)
             context = adapter.layer_context(hidden, mask)
+
+    def _record_fused(self, rows: Tensor, logits: Tensor, slots: Tensor, out: _Outputs) -> None:
+        """Store a fused run's rows: probabilities and predictions from each row's exit logits, as
+        ``policy.step`` computes them (so both paths label an input the same way)."""
+        output = ExitOutput(logits)
+        probs, prediction = output.probs.unsqueeze(0), output.prediction
+        for slot in torch.unique(slots).tolist():
+            subset = (slots == slot).nonzero().squeeze(1)
+            out.record(rows[subset], prediction[subset], probs, slot, self.exits[slot], subset)
 
     def _run_cascade(
         self, batch: dict[str, Tensor], policy: Policy, template: PolicyState, out: _Outputs

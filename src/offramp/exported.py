@@ -15,6 +15,11 @@ and back without copies (``Tensor.numpy()``, ``torch.from_numpy``). ``embed.onnx
 batch's context (``layer_context`` hands it back for that batch; folders exported before this fusion, whose
 ``embed.onnx`` returns only the hidden states, still load and run).
 
+A ``threshold`` policy (any signal but with no temperatures or ensembling) runs as ONE session per batch:
+:meth:`ExportedModel.run_fused` chains the block graphs, as ONNX Runtime optimizes them, with the exit
+decisions, row compaction and padding trimming in between (:mod:`offramp.fused`), and the runtime only
+stores the results. Other policies, and ``ExportedModel.load(..., fused=False)``, take the per-block path.
+
 Session defaults: see :class:`SessionSettings` (chosen from measurements, quoted there).
 """
 
@@ -212,13 +217,29 @@ def _shared_arena() -> bool:
     return _SHARED_ARENA[0]
 
 
-def ort_session(path: str | os.PathLike[str], settings: SessionSettings | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU for one graph, with ``settings`` (default: the
-    :class:`SessionSettings` defaults, the same options the exported blocks run with)."""
+def ort_session(path: str | os.PathLike[str] | bytes, settings: SessionSettings | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU for one graph (a file, or a serialized model), with
+    ``settings`` (default: the :class:`SessionSettings` defaults, what the exported blocks run with)."""
     import onnxruntime as ort
 
     options = (settings or SessionSettings()).options()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def optimized_graph(path: Path, settings: SessionSettings) -> Any:
+    """The ONNX model of ``path`` as ONNX Runtime optimizes it under ``settings`` (fused kernels, folded
+    shape arithmetic), read back with ``onnx``."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = settings.options()
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def _numpy(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
@@ -230,11 +251,11 @@ def _numpy(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
 class _Graph:
     """One ONNX Runtime session; feeds only the inputs the graph declares."""
 
-    def __init__(self, path: Path, settings: SessionSettings):
+    def __init__(self, path: Path | bytes, settings: SessionSettings, name: str | None = None):
         try:
             self.session = ort_session(path, settings)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"cannot load ONNX graph {str(path)!r}: {exc}") from exc
+            raise ModelLoadError(f"cannot load ONNX graph {name or str(path)!r}: {exc}") from exc
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
@@ -347,6 +368,7 @@ class ExportedModel(ExitProperties):
         config: ExitConfig,
         settings: SessionSettings,
         tokenizer: Any = None,
+        fused: bool = True,
     ):
         self.folder, self.manifest, self.config, self.settings = folder, manifest, config, settings
         self.tokenizer = tokenizer
@@ -359,6 +381,8 @@ class ExportedModel(ExitProperties):
         ]
         self._stock = _Graph(folder / manifest.stock, settings) if manifest.stock else None
         self._exit_slot = {layer: k for k, layer in enumerate(manifest.exits)}
+        self.fused = fused
+        self._fused_graphs: dict[str, _Graph] = {}
 
     @classmethod
     def load(
@@ -369,11 +393,14 @@ class ExportedModel(ExitProperties):
         optimization: str | None = None,
         verify: bool = True,
         shared_arena: bool | None = None,
+        fused: bool = True,
     ) -> ExportedModel:
         """Load an export folder; ``threads``/``spinning``/``optimization``/``shared_arena`` override
         :class:`SessionSettings`.
 
         ``verify`` checks every graph's SHA-256 against the manifest (a corrupt or swapped file is an error).
+        ``fused``: run ``threshold`` policies as one graph per batch (:meth:`run_fused`); False keeps every
+        policy on the per-block path (one session run per block).
         """
         try:
             import onnxruntime  # noqa: F401
@@ -404,7 +431,56 @@ class ExportedModel(ExitProperties):
         tokenizer = (
             AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").is_file() else None
         )
-        return cls(path, manifest, config, settings, tokenizer)
+        return cls(path, manifest, config, settings, tokenizer, fused)
+
+    # -- early exit as one graph -----------------------------------------------------------------
+    def fused_graph(self, signal: str) -> _Graph:
+        """The whole early-exit forward with ``signal`` as one session (:mod:`offramp.fused`), built from
+        this folder's block graphs on first use and kept."""
+        graph = self._fused_graphs.get(signal)
+        if graph is None:
+            from .fused import Blocks, fuse
+
+            def load(name: str) -> Any:  # as its own session optimizes it: the same fused kernels
+                return optimized_graph(self.folder / name, self.settings)
+
+            m = self.manifest
+            blocks = Blocks(
+                load(EMBED_FILE), load(CONTEXT_FILE), [load(layer_file(i)) for i in range(m.depth)],
+                [load(head_file(k)) for k in range(len(m.exits))], list(m.exits), self.config.num_labels,
+                m.learned_exit,
+            )  # fmt: skip
+            name = f"fused {signal} graph of {str(self.folder)!r}"
+            graph = self._fused_graphs[signal] = _Graph(
+                fuse(blocks, signal).SerializeToString(), self.settings, name
+            )
+        return graph
+
+    def run_fused(
+        self, batch: dict[str, torch.Tensor], policy: Any, thresholds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Early exit for one batch in ONE session run: each row's logits [B, C] at the exit it left from and
+        that exit's slot [B]; None when the policy is not a plain ``threshold`` policy this graph computes
+        (see :func:`offramp.fused.fusable_signal`), fusion is off, or ``onnx`` is not installed — the
+        runtime then takes the per-block path. ``thresholds`` [K]: the policy's value per exit."""
+        from .fused import fusable_signal
+
+        signal = fusable_signal(policy) if self.fused else None
+        if (
+            signal is None
+            or self.config.num_labels < 2
+            or (signal == "learned" and not self.manifest.learned_exit)
+        ):
+            return None
+        try:
+            graph = self.fused_graph(signal)
+        except ImportError:  # onnx (needed to compose graphs) is not installed: per-block path
+            self.fused = False
+            return None
+        feeds = graph.token_feeds(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        feeds["thresholds"] = np.ascontiguousarray(thresholds.numpy(), dtype=np.float64)
+        logits, slots = graph.arrays(**feeds)
+        return torch.from_numpy(logits), torch.from_numpy(slots)
 
     # -- what the runtime, evaluation and bench read --------------------------------------------
     @property

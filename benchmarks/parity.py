@@ -314,15 +314,6 @@ def load_records(out: Path) -> dict[str, dict[str, Any]]:
 # -------------------------------------------------------------------------------------------------
 
 
-class RunEvidence(Evidence):
-    """claims.Evidence over cached dev outputs keyed by configuration name (one entry per seed)."""
-
-    def __init__(self, outputs: dict[str, list[Any]]):
-        self.outputs = outputs
-        self.multi = dict.fromkeys(outputs, False)
-        self._curves = {}
-
-
 def flat(recs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     """Records in claims.aggregate's shape (scores of ``split`` at the top level)."""
     return [{**r[split], "seed": r["seed"], "train_seconds": r["train_seconds"]} for r in recs]
@@ -381,7 +372,7 @@ def bootstrap_vs_plain(out: Path, best: dict[str, Any], best_recs, plain_recs) -
     }
     if not seeds or not all(p.is_file() for ps in paths.values() for p in ps):
         return None
-    ev = RunEvidence({k: [ExitOutputs.load(str(p)) for p in ps] for k, ps in paths.items()})
+    ev = Evidence({k: [ExitOutputs.load(str(p)) for p in ps] for k, ps in paths.items()})
     n = len(ev.outputs["plain"][0].labels)
     w = np.vstack([np.ones((1, n)), bootstrap_weights(n, BOOTSTRAP, seed=0)])
     res = judge(ev.at_speedup("best", best["policy"], 2.0, w), ev.exit_accuracy("plain", -1, w), strict=False)
@@ -587,6 +578,59 @@ COMMANDS = (
 )
 
 
+#: claims.py run name -> this benchmark's scheme (the claims' verdicts read these runs)
+CLAIMS_RUNS = {
+    "joint": "joint",
+    "weighted": "weighted",
+    "beem-kd": "beem-kd",
+    "sweet": "sweet",
+    "cosee": "cosee",
+}
+CLAIMS_FILE = "claims_chosen_lr.json"
+
+
+def claims_at_chosen_lrs(
+    records, args, out: Path, task: str = "sst2", backbone: str = "minilm-l6"
+) -> dict | None:
+    """The claims benchmark's verdicts (``claims.verdicts``) on this benchmark's runs of ``task`` at each
+    scheme's chosen lr, without teacher, on the seeds every scheme has; None until every lr is chosen."""
+    from claims import verdicts
+
+    from offramp.evaluate import ExitOutputs
+
+    lrs = {run: chosen_lr(records, args, task, backbone, scheme) for run, scheme in CLAIMS_RUNS.items()}
+    if any(lr is None for lr in lrs.values()):
+        return None
+    keys = {
+        s: {r: Run(task, backbone, CLAIMS_RUNS[r], lrs[r], False, s).key for r in lrs}
+        for s in seeds_of(args, backbone)
+    }
+    seeds = [
+        s
+        for s, ks in keys.items()
+        if all(k in records and outputs_path(out, k, "dev").is_file() for k in ks.values())
+    ]
+    if not seeds:
+        return None
+    outputs = {r: [ExitOutputs.load(str(outputs_path(out, keys[s][r], "dev"))) for s in seeds] for r in lrs}
+    ev = Evidence(outputs)
+    first = records[keys[seeds[0]]["joint"]]
+    return {
+        "task": task,
+        "backbone": backbone,
+        "lrs": lrs,
+        "seeds": seeds,
+        "setting": {
+            "train_size": first["sizes"]["train"],
+            "epochs": first["epochs"],
+            "max_length": first["max_length"],
+            "batch_size": first["batch_size"],
+        },
+        "finished": max(records[k]["finished"] for ks in keys.values() for k in ks.values() if k in records),
+        "verdicts": verdicts(task, ev, len(outputs["joint"][0].labels)),
+    }
+
+
 def report_args(args: argparse.Namespace) -> argparse.Namespace:
     """The report covers every task, backbone, scheme and teacher variant (grids and seeds as given)."""
     return argparse.Namespace(
@@ -627,6 +671,9 @@ def report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         },
         "tasks": {t: {b: section(records, rargs, out, t, b, planned) for b in BACKBONES} for t in TASKS},
     }
+    chosen = claims_at_chosen_lrs(records, rargs, out)
+    if chosen is not None:  # read by claims.py, which puts these verdicts first in claims.md
+        write_json_atomic(out / CLAIMS_FILE, chosen)
     write_json_atomic(out / "parity.json", summary)
     write_text_atomic(out / "parity.md", markdown(summary))
     return summary

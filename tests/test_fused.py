@@ -24,7 +24,7 @@ from offramp.engine import EarlyExitEngine
 from offramp.evaluate import collect_exit_outputs
 from offramp.export import export_onnx
 from offramp.exported import EMBED_FILE, ExportedModel, optimized_graph
-from offramp.fused import Blocks, fusable_signal, fuse
+from offramp.fused import Blocks, fuse, fused_plan
 from offramp.model import resolve_backbone
 from offramp.policies import get_policy
 from offramp.signals import get_signal
@@ -69,7 +69,7 @@ def test_fused_takes_the_per_block_exits(exports: dict[str, Any], kind: str) -> 
     spread = []
     for signal in ("maxprob", "entropy", "norm_entropy", "energy", "learned"):
         policy = get_policy(signal)
-        assert fusable_signal(policy) == signal
+        assert fused_plan(policy, np.full(3, 0.5)).signal == signal
         for value in _thresholds(signal, outputs.logits, outputs.confidence):
             for batch_size in (1, 16):
                 got = fused_engine.predict(data, policy, threshold=value, batch_size=batch_size)
@@ -80,6 +80,12 @@ def test_fused_takes_the_per_block_exits(exports: dict[str, Any], kind: str) -> 
                 np.testing.assert_array_equal(got.layers_run, want.layers_run, err_msg=msg)
                 np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6, err_msg=msg)
                 spread.append(got.exit_index)
+    for k in (1, 2, 3):  # budget k: the max-prob graph with thresholds forcing exit k
+        got = fused_engine.predict(data, "budget", threshold=k, batch_size=16)
+        want = block_engine.predict(data, "budget", threshold=k, batch_size=16)
+        assert (got.exit_index == k - 1).all()
+        np.testing.assert_array_equal(got.predictions, want.predictions)
+        np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
     assert sorted(model._fused_graphs) == ["energy", "entropy", "learned", "maxprob", "norm_entropy"]
     assert len(np.unique(np.concatenate(spread))) == 3, "not every exit was taken: the test could not fail"
 
@@ -102,7 +108,7 @@ def test_fused_graph_is_what_runs_and_others_fall_back(exports: dict[str, Any], 
         get_policy("maxprob", tau=0.6, temperatures=[1.5, 1.0, 1.0]),
         get_policy("maxprob", tau=0.6, ensemble=True),
     ):
-        assert fusable_signal(policy) is None
+        assert fused_plan(policy, np.full(3, 0.6)) is None
         with pytest.raises(AssertionError, match="per-block path ran"):
             fused_engine.predict(data, policy, batch_size=4)
 

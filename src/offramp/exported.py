@@ -15,7 +15,7 @@ and back without copies (``Tensor.numpy()``, ``torch.from_numpy``). ``embed.onnx
 batch's context (``layer_context`` hands it back for that batch; folders exported before this fusion, whose
 ``embed.onnx`` returns only the hidden states, still load and run).
 
-A ``threshold`` policy (any signal but with no temperatures or ensembling) runs as ONE session per batch:
+A ``threshold`` or ``budget`` policy (without temperatures or ensembling) runs as ONE session per batch:
 :meth:`ExportedModel.run_fused` chains the block graphs, as ONNX Runtime optimizes them, with the exit
 decisions, row compaction and padding trimming in between (:mod:`offramp.fused`), and the runtime only
 stores the results. Other policies, and ``ExportedModel.load(..., fused=False)``, take the per-block path.
@@ -460,25 +460,21 @@ class ExportedModel(ExitProperties):
         self, batch: dict[str, torch.Tensor], policy: Any, thresholds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Early exit for one batch in ONE session run: each row's logits [B, C] at the exit it left from and
-        that exit's slot [B]; None when the policy is not a plain ``threshold`` policy this graph computes
-        (see :func:`offramp.fused.fusable_signal`), fusion is off, or ``onnx`` is not installed — the
-        runtime then takes the per-block path. ``thresholds`` [K]: the policy's value per exit."""
-        from .fused import fusable_signal
+        that exit's slot [B]; None when a fused graph cannot express the policy (see
+        :func:`offramp.fused.fused_plan`), fusion is off, or ``onnx`` is not installed — the runtime then
+        takes the per-block path. ``thresholds`` [K]: the policy's threshold-axis value per exit."""
+        from .fused import fused_plan
 
-        signal = fusable_signal(policy) if self.fused else None
-        if (
-            signal is None
-            or self.config.num_labels < 2
-            or (signal == "learned" and not self.manifest.learned_exit)
-        ):
+        plan = fused_plan(policy, thresholds.numpy()) if self.fused and self.config.num_labels > 1 else None
+        if plan is None or (plan.signal == "learned" and not self.manifest.learned_exit):
             return None
         try:
-            graph = self.fused_graph(signal)
+            graph = self.fused_graph(plan.signal)
         except ImportError:  # onnx (needed to compose graphs) is not installed: per-block path
             self.fused = False
             return None
         feeds = graph.token_feeds(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        feeds["thresholds"] = np.ascontiguousarray(thresholds.numpy(), dtype=np.float64)
+        feeds["thresholds"] = plan.thresholds
         logits, slots = graph.arrays(**feeds)
         return torch.from_numpy(logits), torch.from_numpy(slots)
 

@@ -21,8 +21,8 @@ without a rebuild; the signal is fixed per graph (:func:`fuse_export` builds one
 Probabilities and predictions are computed by the caller from the returned logits, with the same torch
 code as the per-block runtime. Decisions are exact up to float rounding: ONNX Runtime's softmax and
 torch's may differ in the last bit, which flips a decision only for a signal within ~1e-7 of its
-threshold. Policies other than ``threshold`` (patience, BEEM, PCEE, budget), ensembling and temperature
-scaling run on the per-block path (:func:`fusable_signal` says which).
+threshold. ``budget`` policies run on the max-prob graph with thresholds that force their exit; patience,
+BEEM, PCEE, ensembling and temperature scaling run on the per-block path (see :func:`fused_plan`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -41,14 +42,34 @@ FUSABLE_SIGNALS = ("maxprob", "entropy", "norm_entropy", "energy", "norm_energy"
 _CONFIDENCE_POSITIVE = ("maxprob", "learned")
 
 
-def fusable_signal(policy: Any) -> str | None:
-    """The signal name when ``policy`` can run as one fused graph (a plain ``threshold``), else None."""
-    if getattr(policy, "kind", None) != "threshold":
-        return None
+@dataclass(frozen=True)
+class FusedPlan:
+    """How a policy runs on a fused graph: the graph's ``signal`` and the ``thresholds`` [K] to feed."""
+
+    signal: str
+    thresholds: np.ndarray
+
+
+def fused_plan(policy: Any, thresholds: Any) -> FusedPlan | None:
+    """The fused graph and thresholds that run ``policy`` (its threshold-axis values ``thresholds`` [K]),
+    or None when a fused graph cannot express it.
+
+    ``threshold`` policies map directly. ``budget`` k (every input leaves at exit k; k = K is the full
+    model) runs the max-prob graph with thresholds that never pass before exit k (+inf) and always pass
+    from it (-inf): the same exits and labels, with the earlier heads evaluated and ignored. Patience,
+    BEEM, PCEE, ensembling and temperature scaling need state or arithmetic the graph does not hold.
+    """
     if getattr(policy, "ensemble", False) or getattr(policy, "temperatures", None) is not None:
         return None
+    values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    kind = getattr(policy, "kind", None)
+    if kind == "budget":
+        k = int(values[0])
+        return FusedPlan("maxprob", np.where(np.arange(len(values)) < k - 1, np.inf, -np.inf))
     signal = getattr(policy, "signal", None)
-    return signal if signal in FUSABLE_SIGNALS else None
+    if kind != "threshold" or signal not in FUSABLE_SIGNALS:
+        return None
+    return FusedPlan(signal, np.ascontiguousarray(values))
 
 
 @dataclass

@@ -4,8 +4,9 @@ Variants, all on SST-2 dev (872 sentences), tokenised once, the same padded batc
 stock transformers fp32 (default attention, and the other of sdpa/eager), the model truncated at early
 exit's mean depth, torch int8 (dynamic) of the full model, ONNX Runtime fp32 and int8 of the full model
 as one graph, offramp full and early exit (fp32 eager), and early exit combined with torch int8, with
-per-block ONNX Runtime fp32 and with per-block ONNX Runtime int8 — each early-exit runtime calibrated to
-the same layer-count target on ITS OWN outputs (never on dev's labels).
+ONNX Runtime fp32 and int8 (the export's blocks fused into one graph per batch, ``offramp.fused``; int8
+also one session per block, ``fused=False``) — each early-exit runtime calibrated to the same layer-count
+target on ITS OWN outputs (never on dev's labels).
 
 Steps (each skipped when its output exists; ``--fresh`` redoes the calibrations and exports; a saved
 policy calibrated on the other ``--calibration`` source is recalibrated in its folder under ``runs/``):
@@ -42,8 +43,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 EARLY_EXIT = {
     "early_exit": "offramp early exit, fp32 eager",
     "ee_torch_int8": "offramp early exit + torch int8",
-    "ee_ort_fp32": "offramp early exit + ONNX Runtime fp32 (per-block graphs)",
-    "ee_ort_int8": "offramp early exit + ONNX Runtime int8 (per-block graphs)",
+    "ee_ort_fp32": "offramp early exit + ONNX Runtime fp32 (one fused graph)",
+    "ee_ort_int8": "offramp early exit + ONNX Runtime int8 (one fused graph)",
+    "ee_ort_int8_blocks": "offramp early exit + ONNX Runtime int8 (one session per block)",
 }
 FULL = {
     "stock": "stock transformers fp32 ({attention})",
@@ -135,6 +137,8 @@ def measure(model_dir: Path, folders: dict[str, Path], args: argparse.Namespace,
     dev = load_glue("sst2", GLUE, "dev")
     variants = {"ee_torch_int8": (quantize_model(model), None)}
     variants.update({name: (ExportedModel.load(folder), None) for name, folder in folders.items()})
+    if "ee_ort_int8" in folders:  # the same export without fusion: what the fused graph gains
+        variants["ee_ort_int8_blocks"] = (ExportedModel.load(folders["ee_ort_int8"], fused=False), None)
     result = benchmark(model, dev, args.batch_sizes, repeats=args.repeats, warmup_batches=8,
                        max_samples=args.max_samples, task="sst2", progress=True, baselines=BASELINES,
                        variants=variants)  # fmt: skip

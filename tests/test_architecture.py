@@ -15,7 +15,7 @@ FLOORS: dict[str, int] = {
     "offramp": 0,
     **dict.fromkeys(["signals", "analysis", "io", "data", "checks", "progress", "weights"], 1),
     **dict.fromkeys(["backbones", "policies", "metrics", "resnet"], 2),
-    **dict.fromkeys(["model", "cascade", "simulate", "quantize", "exported"], 3),
+    **dict.fromkeys(["model", "cascade", "simulate", "quantize", "exported", "fused"], 3),
     **dict.fromkeys(["engine", "evaluate", "losses", "schemes", "risk"], 4),
     **dict.fromkeys(
         [

@@ -124,3 +124,5 @@ def test_fuse_rejects_what_it_cannot_compute(exports: dict[str, Any]) -> None:
         fuse(blocks, "learned")
     batch = {k: torch.as_tensor(v) for k, v in model.tokenizer(["a fine film"], return_tensors="pt").items()}
     assert model.run_fused(batch, get_policy("patience", t=2), torch.zeros(3)) is None
+    assert not model.prepare_fused(get_policy("patience", t=2)) and not model._fused_graphs
+    assert model.prepare_fused(get_policy("entropy", tau=0.5)) and list(model._fused_graphs) == ["entropy"]

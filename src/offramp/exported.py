@@ -456,6 +456,21 @@ class ExportedModel(ExitProperties):
             )
         return graph
 
+    def prepare_fused(self, policy: Any) -> bool:
+        """Build now the fused graph ``policy`` would run (a server's first request should not wait for
+        it); False when the policy takes the per-block path."""
+        from .fused import fused_plan
+
+        plan = fused_plan(policy, np.ones(len(self.manifest.exits))) if self.fused else None
+        if plan is None or (plan.signal == "learned" and not self.manifest.learned_exit):
+            return False
+        try:
+            self.fused_graph(plan.signal)
+        except ImportError:
+            self.fused = False
+            return False
+        return True
+
     def run_fused(
         self, batch: dict[str, torch.Tensor], policy: Any, thresholds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor] | None:

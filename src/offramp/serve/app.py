@@ -75,6 +75,9 @@ def build_state(
     default = policy or resolve_policy(model, None)
     if policy is None and config.control.target_speedup is not None and default.kind == "budget":
         default = get_policy("maxprob", threshold=1.0)
+    prepare = getattr(model, "prepare_fused", None)  # an exported model: build its one-graph runtime now
+    if prepare is not None:
+        prepare(default)
     knob = SpeedKnob(runner, default, config.control, sample=sample)
     if warmup:
         knob.seed(runner.all_exits(warmup))

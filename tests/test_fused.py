@@ -126,3 +126,22 @@ def test_fuse_rejects_what_it_cannot_compute(exports: dict[str, Any]) -> None:
     assert model.run_fused(batch, get_policy("patience", t=2), torch.zeros(3)) is None
     assert not model.prepare_fused(get_policy("patience", t=2)) and not model._fused_graphs
     assert model.prepare_fused(get_policy("entropy", tau=0.5)) and list(model._fused_graphs) == ["entropy"]
+
+
+def test_server_on_an_export_prepares_and_runs_the_fused_graph(exports: dict[str, Any]) -> None:
+    from starlette.testclient import TestClient
+
+    from offramp.serve import ServeConfig, build_state, create_app
+
+    model = ExportedModel.load(exports["int8"], threads=1)
+    texts = exports["dev"].texts[:8]
+    state = build_state(model, ServeConfig(), get_policy("maxprob", tau=0.55))
+    assert list(model._fused_graphs) == ["maxprob"]  # built at start, before any request
+    _, block_engine, _ = _engines(exports["int8"])
+    want = block_engine.predict(texts, get_policy("maxprob", tau=0.55), batch_size=8)
+    with TestClient(create_app(state)) as client:
+        response = client.post("/predict", json={"inputs": texts})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    assert [r["exit_layer"] for r in rows] == want.exit_layer.tolist()
+    assert [r["label_id"] for r in rows] == want.predictions.tolist()

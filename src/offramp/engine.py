@@ -299,8 +299,12 @@ class EarlyExitEngine:
         ``policy.step`` computes them (so both paths label an input the same way)."""
         output = ExitOutput(logits)
         probs, prediction = output.probs.unsqueeze(0), output.prediction
-        for slot in torch.unique(slots).tolist():
-            subset = (slots == slot).nonzero().squeeze(1)
+        found = slots.numpy()
+        if (found == found[0]).all():  # the whole batch left at one exit (always so at batch 1)
+            out.record(rows, prediction, probs, int(found[0]), self.exits[int(found[0])])
+            return
+        for slot in np.unique(found).tolist():
+            subset = torch.from_numpy(np.flatnonzero(found == slot))
             out.record(rows[subset], prediction[subset], probs, slot, self.exits[slot], subset)
 
     def _run_cascade(

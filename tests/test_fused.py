@@ -86,7 +86,8 @@ def test_fused_takes_the_per_block_exits(exports: dict[str, Any], kind: str) -> 
         assert (got.exit_index == k - 1).all()
         np.testing.assert_array_equal(got.predictions, want.predictions)
         np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
-    assert sorted(model._fused_graphs) == ["energy", "entropy", "learned", "maxprob", "norm_entropy"]
+    signals = ["energy", "entropy", "learned", "maxprob", "norm_entropy"]  # a batch graph and a one-row graph
+    assert sorted(model._fused_graphs) == sorted([*signals, *(f"{s}/1" for s in signals)])
     assert len(np.unique(np.concatenate(spread))) == 3, "not every exit was taken: the test could not fail"
 
 
@@ -122,10 +123,10 @@ def test_fuse_rejects_what_it_cannot_compute(exports: dict[str, Any]) -> None:
         fuse(blocks, "bogus")
     with pytest.raises(ValueError, match="learned-exit heads"):
         fuse(blocks, "learned")
-    batch = {k: torch.as_tensor(v) for k, v in model.tokenizer(["a fine film"], return_tensors="pt").items()}
-    assert model.run_fused(batch, get_policy("patience", t=2), torch.zeros(3)) is None
+    assert model.fused_runner(get_policy("patience", t=2), torch.zeros(3)) is None
     assert not model.prepare_fused(get_policy("patience", t=2)) and not model._fused_graphs
-    assert model.prepare_fused(get_policy("entropy", tau=0.5)) and list(model._fused_graphs) == ["entropy"]
+    assert model.prepare_fused(get_policy("entropy", tau=0.5))
+    assert sorted(model._fused_graphs) == ["entropy", "entropy/1"]
 
 
 def test_server_on_an_export_prepares_and_runs_the_fused_graph(exports: dict[str, Any]) -> None:
@@ -136,7 +137,7 @@ def test_server_on_an_export_prepares_and_runs_the_fused_graph(exports: dict[str
     model = ExportedModel.load(exports["int8"], threads=1)
     texts = exports["dev"].texts[:8]
     state = build_state(model, ServeConfig(), get_policy("maxprob", tau=0.55))
-    assert list(model._fused_graphs) == ["maxprob"]  # built at start, before any request
+    assert sorted(model._fused_graphs) == ["maxprob", "maxprob/1"]  # built at start, before any request
     _, block_engine, _ = _engines(exports["int8"])
     want = block_engine.predict(texts, get_policy("maxprob", tau=0.55), batch_size=8)
     with TestClient(create_app(state)) as client:

@@ -237,19 +237,24 @@ class EarlyExitEngine:
         template = pol.init_state(0, self.num_exits, None, self.regression, device=self.device)
         n = prepared.num_rows
         out = _Outputs(n, 1 if self.regression else self.num_labels, self.regression)
+        fuse = None if self.is_cascade else getattr(self.model, "fused_runner", None)
+        fused = fuse(pol, template.thresholds[0]) if fuse is not None else None  # one graph per batch
+        on_cpu = self.device.type == "cpu"
         for batch in prepared.batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            if self.is_cascade:
+            batch = batch if on_cpu else {k: v.to(self.device) for k, v in batch.items()}
+            if fused is not None:
+                self._record_fused(batch["rows"], *fused(batch), out)
+            elif self.is_cascade:
                 self._run_cascade(batch, pol, template, out)
             else:
                 self._run_multi_exit(batch, pol, template, out)
-        exit_index = out.slot.numpy()
+        exit_index = out.slot
         return EarlyExitResult(
-            predictions=out.prediction.numpy(),
-            probabilities=None if out.probs is None else out.probs.numpy(),
+            predictions=out.prediction,
+            probabilities=out.probs,
             exit_index=exit_index,
             exit_layer=np.asarray(self.exits, dtype=np.int64)[exit_index] if n else np.zeros(0, np.int64),
-            layers_run=out.layers.numpy(),
+            layers_run=out.layers,
             label_names=self.label_names,
             policy=pol.to_config(),
         )
@@ -260,11 +265,6 @@ class EarlyExitEngine:
         model = self.members[0]
         adapter, heads, exit_slot = model.adapter, model.heads, self._exit_slot
         rows = batch["rows"]
-        fused = getattr(model, "run_fused", None)  # an exported model runs threshold policies as one graph
-        result = fused(batch, policy, template.thresholds[0]) if fused is not None else None
-        if result is not None:
-            self._record_fused(rows, *result, out)
-            return
         state = template.fresh(int(rows.numel()))
         hidden, mask = embed_inputs(adapter, batch)  # mask: None for images
         context = adapter.layer_context(hidden, mask)
@@ -294,18 +294,17 @@ class EarlyExitEngine:
                     hidden, mask = _trim_padding(hidden, mask)
             context = adapter.layer_context(hidden, mask)
 
-    def _record_fused(self, rows: Tensor, logits: Tensor, slots: Tensor, out: _Outputs) -> None:
+    def _record_fused(self, rows: Tensor, logits: Tensor, slots: np.ndarray, out: _Outputs) -> None:
         """Store a fused run's rows: probabilities and predictions from each row's exit logits, as
         ``policy.step`` computes them (so both paths label an input the same way)."""
         output = ExitOutput(logits)
-        probs, prediction = output.probs.unsqueeze(0), output.prediction
-        found = slots.numpy()
-        if (found == found[0]).all():  # the whole batch left at one exit (always so at batch 1)
-            out.record(rows, prediction, probs, int(found[0]), self.exits[int(found[0])])
+        rows_np, probs, prediction = rows.numpy(), output.probs.numpy(), output.prediction.numpy()
+        if (slots == slots[0]).all():  # the whole batch left at one exit (always so at batch 1)
+            out.store(rows_np, prediction, probs, int(slots[0]), self.exits[int(slots[0])])
             return
-        for slot in np.unique(found).tolist():
-            subset = torch.from_numpy(np.flatnonzero(found == slot))
-            out.record(rows[subset], prediction[subset], probs, slot, self.exits[slot], subset)
+        for slot in np.unique(slots).tolist():
+            mine = slots == slot
+            out.store(rows_np[mine], prediction[mine], probs[mine], slot, self.exits[slot])
 
     def _run_cascade(
         self, batch: dict[str, Tensor], policy: Policy, template: PolicyState, out: _Outputs
@@ -341,13 +340,13 @@ class EarlyExitEngine:
 
 
 class _Outputs:
-    """Preallocated result tensors filled by index as rows leave."""
+    """Preallocated result arrays (numpy: cheaper to fill by index than tensors) filled as rows leave."""
 
     def __init__(self, n: int, num_classes: int, regression: bool):
-        self.prediction = torch.zeros(n, dtype=torch.float32 if regression else torch.long)
-        self.probs = None if regression else torch.zeros(n, num_classes, dtype=torch.float32)
-        self.slot = torch.zeros(n, dtype=torch.long)
-        self.layers = torch.zeros(n, dtype=torch.long)
+        self.prediction = np.zeros(n, dtype=np.float32 if regression else np.int64)
+        self.probs = None if regression else np.zeros((n, num_classes), dtype=np.float32)
+        self.slot = np.zeros(n, dtype=np.int64)
+        self.layers = np.zeros(n, dtype=np.int64)
 
     def record(
         self,
@@ -359,11 +358,17 @@ class _Outputs:
         subset: Tensor | None = None,
     ) -> None:
         """Store the rows that left; ``probs`` [1, n, C] covers all running rows, ``subset`` picks ours."""
-        rows = rows.cpu()
-        self.prediction[rows] = prediction.cpu().to(self.prediction.dtype)
+        if probs is not None:
+            probs = (probs[0] if subset is None else probs[0].index_select(0, subset)).cpu().numpy()
+        self.store(rows.cpu().numpy(), prediction.cpu().numpy(), probs, slot, layers)
+
+    def store(
+        self, rows: np.ndarray, prediction: np.ndarray, probs: np.ndarray | None, slot: int, layers: int
+    ) -> None:
+        """:meth:`record` on numpy arrays (``probs`` [n, C] for exactly these rows)."""
+        self.prediction[rows] = prediction
         if self.probs is not None and probs is not None:
-            probs = probs[0] if subset is None else probs[0].index_select(0, subset)
-            self.probs[rows] = probs.cpu()
+            self.probs[rows] = probs
         self.slot[rows] = slot
         self.layers[rows] = layers
 

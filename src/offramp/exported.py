@@ -16,7 +16,7 @@ batch's context (``layer_context`` hands it back for that batch; folders exporte
 ``embed.onnx`` returns only the hidden states, still load and run).
 
 A ``threshold`` or ``budget`` policy (without temperatures or ensembling) runs as ONE session per batch:
-:meth:`ExportedModel.run_fused` chains the block graphs, as ONNX Runtime optimizes them, with the exit
+:meth:`ExportedModel.fused_runner` chains the block graphs, as ONNX Runtime optimizes them, with the exit
 decisions, row compaction and padding trimming in between (:mod:`offramp.fused`), and the runtime only
 stores the results. Other policies, and ``ExportedModel.load(..., fused=False)``, take the per-block path.
 
@@ -277,6 +277,24 @@ class _Graph:
         return feeds
 
 
+@dataclass(frozen=True)
+class FusedRunner:
+    """Runs batches through a fused early-exit graph (:mod:`offramp.fused`): ``single`` for one row, else
+    ``batch``, with fixed per-exit ``thresholds``; returns each row's exit logits (tensor) and exit slot."""
+
+    batch: _Graph
+    single: _Graph
+    thresholds: np.ndarray
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
+        ids = inputs["input_ids"]
+        graph = self.single if ids.shape[0] == 1 else self.batch
+        feeds = graph.token_feeds(ids, inputs["attention_mask"], inputs.get("token_type_ids"))
+        feeds["thresholds"] = self.thresholds
+        logits, slots = graph.arrays(**feeds)
+        return torch.from_numpy(logits), slots
+
+
 class ExportedAdapter:
     """The backbone adapter interface of ``offramp.backbones`` over the exported block graphs.
 
@@ -399,7 +417,7 @@ class ExportedModel(ExitProperties):
         :class:`SessionSettings`.
 
         ``verify`` checks every graph's SHA-256 against the manifest (a corrupt or swapped file is an error).
-        ``fused``: run ``threshold`` policies as one graph per batch (:meth:`run_fused`); False keeps every
+        ``fused``: run ``threshold`` policies as one graph per batch (:meth:`fused_runner`); False keeps every
         policy on the per-block path (one session run per block).
         """
         try:
@@ -434,10 +452,11 @@ class ExportedModel(ExitProperties):
         return cls(path, manifest, config, settings, tokenizer, fused)
 
     # -- early exit as one graph -----------------------------------------------------------------
-    def fused_graph(self, signal: str) -> _Graph:
-        """The whole early-exit forward with ``signal`` as one session (:mod:`offramp.fused`), built from
-        this folder's block graphs on first use and kept."""
-        graph = self._fused_graphs.get(signal)
+    def fused_graph(self, signal: str, single_row: bool = False) -> _Graph:
+        """The whole early-exit forward with ``signal`` as one session (:mod:`offramp.fused`; ``single_row``:
+        the graph for batches of one row), built from this folder's block graphs on first use and kept."""
+        key = f"{signal}/1" if single_row else signal
+        graph = self._fused_graphs.get(key)
         if graph is None:
             from .fused import Blocks, fuse
 
@@ -450,48 +469,34 @@ class ExportedModel(ExitProperties):
                 [load(head_file(k)) for k in range(len(m.exits))], list(m.exits), self.config.num_labels,
                 m.learned_exit,
             )  # fmt: skip
-            name = f"fused {signal} graph of {str(self.folder)!r}"
-            graph = self._fused_graphs[signal] = _Graph(
-                fuse(blocks, signal).SerializeToString(), self.settings, name
+            name = f"fused {key} graph of {str(self.folder)!r}"
+            graph = self._fused_graphs[key] = _Graph(
+                fuse(blocks, signal, single_row).SerializeToString(), self.settings, name
             )
         return graph
 
-    def prepare_fused(self, policy: Any) -> bool:
-        """Build now the fused graph ``policy`` would run (a server's first request should not wait for
-        it); False when the policy takes the per-block path."""
+    def fused_runner(self, policy: Any, thresholds: Any) -> FusedRunner | None:
+        """Early exit for ``policy`` (its threshold-axis values ``thresholds`` [K]) as ONE session run per
+        batch, planned once per call of the runtime; None when a fused graph cannot express the policy
+        (see :func:`offramp.fused.fused_plan`), fusion is off, or ``onnx`` is not installed — the runtime
+        then takes the per-block path. Builds the graphs (batch and one-row) on first use."""
         from .fused import fused_plan
 
-        plan = fused_plan(policy, np.ones(len(self.manifest.exits))) if self.fused else None
-        if plan is None or (plan.signal == "learned" and not self.manifest.learned_exit):
-            return False
-        try:
-            self.fused_graph(plan.signal)
-        except ImportError:
-            self.fused = False
-            return False
-        return True
-
-    def run_fused(
-        self, batch: dict[str, torch.Tensor], policy: Any, thresholds: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Early exit for one batch in ONE session run: each row's logits [B, C] at the exit it left from and
-        that exit's slot [B]; None when a fused graph cannot express the policy (see
-        :func:`offramp.fused.fused_plan`), fusion is off, or ``onnx`` is not installed — the runtime then
-        takes the per-block path. ``thresholds`` [K]: the policy's threshold-axis value per exit."""
-        from .fused import fused_plan
-
-        plan = fused_plan(policy, thresholds.numpy()) if self.fused and self.config.num_labels > 1 else None
+        values = thresholds.numpy() if isinstance(thresholds, torch.Tensor) else thresholds
+        plan = fused_plan(policy, values) if self.fused and self.config.num_labels > 1 else None
         if plan is None or (plan.signal == "learned" and not self.manifest.learned_exit):
             return None
         try:
-            graph = self.fused_graph(plan.signal)
+            graphs = (self.fused_graph(plan.signal), self.fused_graph(plan.signal, single_row=True))
         except ImportError:  # onnx (needed to compose graphs) is not installed: per-block path
             self.fused = False
             return None
-        feeds = graph.token_feeds(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        feeds["thresholds"] = plan.thresholds
-        logits, slots = graph.arrays(**feeds)
-        return torch.from_numpy(logits), torch.from_numpy(slots)
+        return FusedRunner(*graphs, plan.thresholds)
+
+    def prepare_fused(self, policy: Any) -> bool:
+        """Build now the fused graphs ``policy`` would run (a server's first request should not wait for
+        them); False when the policy takes the per-block path."""
+        return self.fused_runner(policy, np.ones(len(self.manifest.exits))) is not None
 
     # -- what the runtime, evaluation and bench read --------------------------------------------
     @property

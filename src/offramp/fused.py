@@ -354,10 +354,60 @@ def _stage(
     return logits, slots
 
 
-def fuse(blocks: Blocks, signal: str = "maxprob") -> onnx.ModelProto:
+def _stage_single(
+    b: _Builder, blocks: Blocks, k: int, run: _Running, signal: str, nodes: _Body
+) -> tuple[str, str]:
+    """The one-row graph: layers up to exit ``k``, its head, and an ``If`` that returns its logits when the
+    row leaves, else runs the next stage (no compaction, no scatter: a few ops per exit)."""
+    hidden = run.hidden
+    for i in range(blocks.exits[k - 1] if k else 0, blocks.exits[k]):
+        hidden = b.inline(blocks.layers[i], f"layer{i + 1}_", {"hidden": hidden, **run.context}, nodes)[0]
+    head = b.inline(blocks.heads[k], f"head{k + 1}_", {"hidden": hidden, "attention_mask": run.mask}, nodes)
+    logits, conf = head[0], (head[1] if len(head) > 1 else None)
+
+    def leave(body: _Body) -> tuple[str, str]:
+        slot = b.const(body, [k], TensorProto.INT64, "slot")
+        b.declare(body, slot, b.tensor(slot, TensorProto.INT64, [1]))
+        return b.declare(body, b.op(body, "Identity", [logits], "result"), logits), slot
+
+    if k == len(blocks.exits) - 1:
+        return leave(nodes)
+    done = _decide(b, nodes, signal, logits, conf, k, blocks.num_classes)  # [1]: If takes a 1-element cond
+    here, later = _Body(), _Body()
+    then = _branch(b, f"leave{k + 1}", here, list(leave(here)))
+    following = _Running(hidden, run.mask, run.rows, run.context)
+    other = _branch(
+        b, f"continue{k + 1}", later, list(_stage_single(b, blocks, k + 1, following, signal, later))
+    )
+    logits_out, slots = _if(b, nodes, done, then, other, ["logits", "exit_slot"])
+    return logits_out, slots
+
+
+def _batch_state(b: _Builder, blocks: Blocks, nodes: _Body) -> tuple[str, tuple[str, str]]:
+    """Row ids 0..B-1 and the batch outputs before any row left: logits zeros [B, C], exit slots -1 [B]."""
+    batch = b.op(nodes, "Shape", ["input_ids"], "batch", start=0, end=1)
+    zero, one = b.const(nodes, 0, TensorProto.INT64, "zero"), b.const(nodes, 1, TensorProto.INT64, "one")
+    rows = b.op(nodes, "Range", [zero, b.op(nodes, "Squeeze", [batch], "rows_n"), one], "rows")
+    b.declare(nodes, rows, b.tensor("rows", TensorProto.INT64, [None]))
+    classes = b.const(nodes, [blocks.num_classes], TensorProto.INT64, "c")
+    size = b.op(nodes, "Concat", [batch, classes], "size", axis=0)
+    zeros = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    out = b.op(nodes, "ConstantOfShape", [size], "out", value=zeros)
+    none = helper.make_tensor("none", TensorProto.INT64, [1], [-1])
+    slots = b.op(nodes, "ConstantOfShape", [batch], "slots", value=none)
+    b.declare(nodes, out, b.tensor("logits", TensorProto.FLOAT, [None, blocks.num_classes]))
+    b.declare(nodes, slots, b.tensor("exit_slot", TensorProto.INT64, [None]))
+    return rows, (out, slots)
+
+
+def fuse(blocks: Blocks, signal: str = "maxprob", single_row: bool = False) -> onnx.ModelProto:
     """One ONNX graph running early exit with ``signal``: inputs the embed graph's token inputs and
     ``thresholds`` [K] (float64, one per exit; the last exit's is ignored); outputs ``logits`` [B, C]
-    (float32, each row's logits at the exit it left from) and ``exit_slot`` [B] (int64, 0-based exit)."""
+    (float32, each row's logits at the exit it left from) and ``exit_slot`` [B] (int64, 0-based exit).
+
+    ``single_row``: a graph for batches of ONE row (the server's and a latency benchmark's batch 1): at
+    each exit it returns or goes on, without the compaction and scatter a batch needs.
+    """
     if signal not in FUSABLE_SIGNALS:
         raise ValueError(f"signal {signal!r} cannot be fused; expected one of {', '.join(FUSABLE_SIGNALS)}")
     if signal == "learned" and not blocks.learned_exit:
@@ -375,31 +425,13 @@ def fuse(blocks: Blocks, signal: str = "maxprob") -> onnx.ModelProto:
     if not context:  # exported before embed.onnx returned the context
         feeds = {"hidden": outs[0], "attention_mask": "attention_mask"}
         context = {n[len("context0_") :]: n for n in b.inline(blocks.context, "context0_", feeds, nodes)}
-    batch = b.op(nodes, "Shape", ["input_ids"], "batch", start=0, end=1)
-    zero, one = b.const(nodes, 0, TensorProto.INT64, "zero"), b.const(nodes, 1, TensorProto.INT64, "one")
-    rows = b.op(nodes, "Range", [zero, b.op(nodes, "Squeeze", [batch], "rows_n"), one], "rows")
-    b.declare(nodes, rows, b.tensor("rows", TensorProto.INT64, [None]))
-    size = b.op(
-        nodes, "Concat", [batch, b.const(nodes, [blocks.num_classes], TensorProto.INT64, "c")], "size", axis=0
-    )
-    out = b.op(
-        nodes,
-        "ConstantOfShape",
-        [size],
-        "out",
-        value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
-    )
-    slots = b.op(
-        nodes,
-        "ConstantOfShape",
-        [batch],
-        "slots",
-        value=helper.make_tensor("none", TensorProto.INT64, [1], [-1]),
-    )
-    b.declare(nodes, out, b.tensor("logits", TensorProto.FLOAT, [None, blocks.num_classes]))
-    b.declare(nodes, slots, b.tensor("exit_slot", TensorProto.INT64, [None]))
-    run = _Running(outs[0], "attention_mask", rows, context)
-    result = _stage(b, blocks, 0, run, (out, slots), signal, nodes)
+    if single_row:
+        result = _stage_single(b, blocks, 0, _Running(outs[0], "attention_mask", "", context), signal, nodes)
+    else:
+        rows, state = _batch_state(b, blocks, nodes)
+        result = _stage(
+            b, blocks, 0, _Running(outs[0], "attention_mask", rows, context), state, signal, nodes
+        )
     nodes.append(helper.make_node("Identity", [result[0]], ["logits"]))
     nodes.append(helper.make_node("Identity", [result[1]], ["exit_slot"]))
     graph = helper.make_graph(

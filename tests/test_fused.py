@@ -3,9 +3,9 @@
 A tiny random-weight BERT with learned-exit heads and MiniLM's real tokenizer, exported in fp32 and int8.
 For every fusable signal and thresholds that spread the exits, the engine over the fused graph takes the
 same exits, predictions and probabilities as the engine over the per-block graphs (``fused=False``), at
-batch 1 and with compaction at batch 16 — int8 included, since both paths run the same optimized kernels
-on the same rows (bit for bit). The fused graph is really what runs (the per-block layers are made to fail), policies it
-cannot express fall back to the per-block path, and bad requests are clear errors.
+batch 1 and with compaction at batch 16 — int8 included, bit for bit, since both paths run the same
+optimized kernels on the same rows. The fused graph is really what runs (the per-block layers are made
+to fail), policies it cannot express fall back to the per-block path, and bad requests are clear errors.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _thresholds(signal: str, logits: np.ndarray, confidence: np.ndarray) -> list[float]:
     """Two thresholds between signal values of the non-final exits, far (> 1e-5) from every value, so
-    float rounding (ONNX Runtime's softmax vs torch's) cannot decide a comparison (the two paths agree bit for bit in practice: same kernels, same rows)."""
+    float rounding (ONNX Runtime's softmax in the graph vs torch's in the per-block runtime) cannot decide
+    a comparison."""
     values = get_signal(signal)(torch.as_tensor(logits[:-1]), torch.as_tensor(confidence[:-1]))
     values = np.unique(values.double().numpy().ravel())
     gaps = np.flatnonzero(np.diff(values) > 1e-5 * np.maximum(1.0, np.abs(values[:-1])))

@@ -671,11 +671,12 @@ def report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         },
         "tasks": {t: {b: section(records, rargs, out, t, b, planned) for b in BACKBONES} for t in TASKS},
     }
-    chosen = claims_at_chosen_lrs(records, rargs, out)
+    chosen = claims_at_chosen_lrs(records, rargs, out) if len(grid(rargs, "minilm-l6")) > 1 else None
     if chosen is not None:  # read by claims.py, which puts these verdicts first in claims.md
         write_json_atomic(out / CLAIMS_FILE, chosen)
-    write_json_atomic(out / "parity.json", summary)
-    write_text_atomic(out / "parity.md", markdown(summary))
+    name = f"parity{args.report_suffix}"
+    write_json_atomic(out / f"{name}.json", summary)
+    write_text_atomic(out / f"{name}.md", markdown(summary))
     return summary
 
 
@@ -782,6 +783,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="list the planned runs and their state, train nothing"
     )
     p.add_argument("--report-only", action="store_true", help="rebuild parity.{md,json} from finished runs")
+    p.add_argument(
+        "--report-suffix",
+        default="",
+        help="write parity<SUFFIX>.{md,json} (another view, e.g. --lrs 1e-4 --report-suffix _lr1e-4)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=float, help="override every task's epochs (smoke tests)")

@@ -3,8 +3,9 @@
 Why (issue 13): the per-block runtime calls ONNX Runtime once per block (embeddings, every layer, every
 exit head) from Python, and at batch 1 those fixed per-call costs (~40-65 us a run) plus the Python loop
 around them cost early exit a third of its speed-up against the whole model as one int8 graph. Here the
-whole early-exit forward is one session run: the block graphs of an export folder are inlined unchanged
-(same weights, same quantized ops), and between exits ONNX ops do what the Python runtime does
+whole early-exit forward is one session run: the block graphs of an export folder, as ONNX Runtime
+optimizes them (:func:`offramp.exported.optimized_graph`: fused int8 MatMuls, SkipLayerNorm, folded shape
+arithmetic), are inlined, and between exits ONNX ops do what the Python runtime does
 (:class:`~offramp.engine.EarlyExitEngine`) for a ``threshold`` policy:
 
 1. the exit's signal (the formulas of :mod:`offramp.signals`, in float32) is compared with that exit's
@@ -16,13 +17,22 @@ whole early-exit forward is one session run: the block graphs of an export folde
    all-padding columns trimmed (as ``engine._trim_padding``), and the attention context rebuilt by the
    inlined ``context.onnx`` — only when some row left, as the runtime does — before the next layers.
 
-Thresholds are a graph input (``thresholds`` [K], float64), so the speed can change on every call
-without a rebuild; the signal is fixed per graph (:func:`fuse_export` builds one per signal on demand).
+A one-row variant (``single_row``) for batch 1 only returns or goes on at each exit. Thresholds are a graph
+input (``thresholds`` [K], float64), so the speed can change on every call without a rebuild; the signal
+is fixed per graph (:meth:`offramp.exported.ExportedModel.fused_graph` builds one per signal on demand).
 Probabilities and predictions are computed by the caller from the returned logits, with the same torch
-code as the per-block runtime. Decisions are exact up to float rounding: ONNX Runtime's softmax and
-torch's may differ in the last bit, which flips a decision only for a signal within ~1e-7 of its
-threshold. ``budget`` policies run on the max-prob graph with thresholds that force their exit; patience,
-BEEM, PCEE, ensembling and temperature scaling run on the per-block path (see :func:`fused_plan`).
+code as the per-block runtime. Decisions are exact up to float rounding (ONNX Runtime's softmax against
+torch's); measured on the SST-2 speed model (fp32 and int8, batch 1 and 64), every exit, prediction and
+probability equals the per-block runtime's bit for bit. ``budget`` policies run on the max-prob graph with
+thresholds that force their exit; patience, BEEM, PCEE, ensembling and temperature scaling run on the
+per-block path (see :func:`fused_plan`).
+
+Two things that mattered (measured on MiniLM-L6 int8, SST-2 dev): composing the *unoptimized* block
+graphs lost ONNX Runtime's fusions across the inlined boundaries, so the optimized blocks are composed;
+and each block's weights stay in the ``If`` branch that uses them, because ONNX Runtime pre-packs only a
+graph's own constant weights (fed from the outer scope the quantized MatMuls ran ~1.8x slower). Result
+(``benchmarks/results/speed.md``): early exit + int8 at 2x, 1 thread, batch 1: 1.26 ms/input fused vs
+1.67 block by block vs 1.97 for the whole model as one int8 graph.
 """
 
 from __future__ import annotations
@@ -36,10 +46,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .signals import get_signal
+
 #: Signals the fused graph computes (names of :data:`offramp.signals.SIGNALS`).
 FUSABLE_SIGNALS = ("maxprob", "entropy", "norm_entropy", "energy", "norm_energy", "learned")
-#: Signals that exit when value >= threshold (the others when value < threshold).
-_CONFIDENCE_POSITIVE = ("maxprob", "learned")
 
 
 @dataclass(frozen=True)
@@ -322,7 +332,8 @@ def _decide(
         nodes, "Cast", [_signal(b, nodes, signal, logits, conf, classes)], "value", to=TensorProto.DOUBLE
     )
     tau = b.op(nodes, "Gather", ["thresholds", b.const(nodes, k, TensorProto.INT64, "k")], "tau", axis=0)
-    return b.op(nodes, "GreaterOrEqual" if signal in _CONFIDENCE_POSITIVE else "Less", [value, tau], "done")
+    passes = "GreaterOrEqual" if get_signal(signal).confidence_positive else "Less"  # as Signal.passes
+    return b.op(nodes, passes, [value, tau], "done")
 
 
 def _stage(

@@ -22,9 +22,11 @@ calibrated policy), the tokenizer and a manifest with checksums (onnx_export.jso
 axes are dynamic. The folder loads without the original model or its torch weights, and every command
 that takes a MODEL_DIR (predict, evaluate, calibrate, bench, serve) accepts it:
 
-  the live runtime calls the graphs layer by layer, evaluates heads only at exit layers and drops the
-  rows that left, exactly as with the torch model; simulation over the folder's cached outputs and the
-  live runtime take identical exits.
+  for threshold and budget policies (maxprob, entropy, energy, learned, ...) the runtime chains the
+  blocks into ONE graph per batch, with the exit decisions, the dropping of rows that left and padding
+  trimming inside ONNX Runtime (a one-row variant serves batch 1); other policies (patience, beem,
+  pcee, ensembles, temperatures) call the graphs block by block. Both take the same exits, bit for
+  bit, and simulation over the folder's cached outputs takes the same exits as the live runtime.
 
 --int8 applies ONNX Runtime dynamic quantization to every graph: int8 weights for the linear maps of
 attention and feed-forward blocks, activations quantized per call (embeddings, LayerNorm, softmax and

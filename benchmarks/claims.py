@@ -600,6 +600,18 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refresh_chosen_lr(out: Path) -> int:
+    """Re-render claims.json/claims.md from the committed claims.json plus the chosen-lr verdicts."""
+    chosen = out / CHOSEN_LR_FILE
+    if not chosen.is_file():
+        raise SystemExit(f"claims: no {chosen}; run benchmarks/parity.py (its report writes it) first")
+    summary = json.loads((out / "claims.json").read_text())
+    summary["chosen_lr"] = json.loads(chosen.read_text())
+    (out / "claims.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "claims.md").write_text(markdown(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
@@ -619,7 +631,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--summary-only", action="store_true", help="rebuild the table from finished runs")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--chosen-lr-only",
+        action="store_true",
+        help=f"only refresh the chosen-lr section (from {CHOSEN_LR_FILE}, written by parity.py) in the "
+        "committed claims.json/claims.md, without the runs' cached outputs",
+    )
     args = p.parse_args(argv)
+    if args.chosen_lr_only:
+        return refresh_chosen_lr(Path(args.out))
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging

@@ -124,3 +124,24 @@ def test_missing_outputs_stop_the_summary_before_writing(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match="mrpc-joint-s1.npz"):
         claims.summarise(tmp_path)
     assert not (tmp_path / "claims.md").exists()
+
+
+def test_chosen_lr_verdicts_come_first_and_refresh_without_outputs(tmp_path: Path) -> None:
+    add_run(tmp_path, "sst2", "joint", 42, [0.5, 0.5, 0.6, 0.8, 0.85, 0.85])
+    add_run(tmp_path, "sst2", "sweet", 42, [0.75, 0.75, 0.75, 0.8, 0.8, 0.8])
+    claims.summarise(tmp_path)
+    evidence = claims.Evidence({"joint": [fake_outputs([0.8] * 6, 1)], "sweet": [fake_outputs([0.6] * 6, 2)]})
+    chosen = {"task": "sst2", "lrs": {"joint": 2e-4, "sweet": 2e-5}, "seeds": [42], "finished": "today",
+              "setting": {"train_size": 100, "epochs": 2.0, "batch_size": 32, "max_length": 64},
+              "verdicts": claims.verdicts("sst2", evidence, N)}  # fmt: skip
+    (tmp_path / claims.CHOSEN_LR_FILE).write_text(json.dumps(chosen))
+    for npz in (tmp_path / "claims" / "outputs").glob("*.npz"):
+        npz.unlink()  # the refresh needs only the committed claims.json
+    assert claims.main(["--chosen-lr-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "claims.md").read_text()
+    first, rest = md.split("## Overview at lr 1e-4 for every scheme")
+    assert "## Verdicts at each scheme's chosen learning rate (sst2)" in first and "joint 0.0002" in first
+    # at the chosen lrs sweet's exit 1 is 20 points BELOW joint's; at lr 1e-4 it was 25 above
+    assert "| SWEET early exits > joint | mean of exits 1–3 | does not hold (Δ -" in first
+    assert "| SWEET early exits > joint | mean of exits 1–3 | holds (Δ +" in rest
+    assert json.loads((tmp_path / "claims.json").read_text())["chosen_lr"]["lrs"]["sweet"] == 2e-5

@@ -147,3 +147,24 @@ def test_server_on_an_export_prepares_and_runs_the_fused_graph(exports: dict[str
     rows = response.json()["predictions"]
     assert [r["exit_layer"] for r in rows] == want.exit_layer.tolist()
     assert [r["label_id"] for r in rows] == want.predictions.tolist()
+
+
+@pytest.mark.parametrize("family", ["distilbert", "mpnet", "deberta-v2"])
+def test_other_families_fuse_exactly(family: str, tmp_path: Path) -> None:
+    """Families whose attention context differs (no token types, MPNet's position bias, DeBERTa's
+    relative positions) run fused with the per-block exits and outputs."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm-l6"))
+    folder = export_onnx(tiny_model(family, tokenizer), tmp_path / family, stock=False).folder
+    fused_engine, block_engine, model = _engines(folder)
+    data = load_glue("sst2", default_glue_dir(), "dev").select(range(24))
+    outputs = collect_exit_outputs(model, data, batch_size=1)
+    spread = []
+    for value in _thresholds("maxprob", outputs.logits, outputs.logits[..., 0]):
+        for batch_size in (1, 8):
+            got = fused_engine.predict(data, "maxprob", threshold=value, batch_size=batch_size)
+            want = block_engine.predict(data, "maxprob", threshold=value, batch_size=batch_size)
+            np.testing.assert_array_equal(got.exit_index, want.exit_index, err_msg=f"{family} {value}")
+            np.testing.assert_array_equal(got.probabilities, want.probabilities)
+            spread.append(got.exit_index)
+    assert sorted(model._fused_graphs) == ["maxprob", "maxprob/1"]  # the fused graphs did run
+    assert len(np.unique(np.concatenate(spread))) >= 2, "every input left at one exit: could not fail"

@@ -572,9 +572,11 @@ def policy_table(configs: dict[str, dict[str, Any]]) -> list[str]:
 
 #: The commands behind the committed results (each skips the runs that already exist).
 COMMANDS = (
-    "OMP_NUM_THREADS=1 python benchmarks/parity.py --backbones minilm-l6",
+    "OMP_NUM_THREADS=1 python benchmarks/parity.py --backbones minilm-l6 (run as parallel subsets, e.g. "
+    "--tasks sst2 --schemes plain two-stage --teacher)",
     "OMP_NUM_THREADS=1 python benchmarks/parity.py --backbones mpnet-base",
-    "python benchmarks/parity.py --report-only",
+    "python benchmarks/parity.py --report-only (this view: each scheme at its chosen lr)",
+    "python benchmarks/parity.py --report-only --lrs 1e-4 --report-suffix _lr1e-4 (every scheme at lr 1e-4)",
 )
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .data import TextDataset, make_loader
 from .io import replace_file_atomic
+from .losses import per_exit_task_loss
 from .metrics import ExitCosts, exit_predictions, primary_metric, task_metrics
 from .model import ExitModel, MultiExitModel
 from .progress import progress_bar
@@ -146,28 +147,20 @@ def collect_exit_outputs(
 
 
 def scores_from_outputs(outputs: ExitOutputs, task: str | None, regression: bool) -> list[dict]:
-    """Per-exit metrics: one dict per exit with ``exit``, ``layer``, ``metric``, ``score`` and all metrics."""
+    """Per-exit metrics: one dict per exit with ``exit``, ``layer``, ``metric``, ``score``, all metrics and
+    the mean training loss (cross-entropy, or squared error for regression)."""
     if outputs.labels is None:
         raise ValueError("per-exit scores need labels; this split is unlabelled")
     key = primary_metric(task, regression=regression)
+    labels = torch.as_tensor(np.asarray(outputs.labels), dtype=torch.float32 if regression else torch.long)
+    losses = per_exit_task_loss(torch.as_tensor(np.asarray(outputs.logits)), labels, regression).mean(1)
     rows = []
     for k, layer in enumerate(outputs.exits):
         preds = exit_predictions(outputs.logits[k], regression)
         metrics = task_metrics(task, preds, outputs.labels, regression=regression)
-        loss = exit_loss(outputs.logits[k], outputs.labels, regression)
         row = {"exit": k + 1, "layer": layer, "metric": key, "score": metrics[key], "metrics": metrics}
-        rows.append({**row, "loss": loss})
+        rows.append({**row, "loss": float(losses[k])})
     return rows
-
-
-def exit_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
-    """Mean training loss of one exit's outputs: cross-entropy (classification) or squared error."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
-    if regression:
-        y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
-        return float(torch.nn.functional.mse_loss(z.reshape(-1), y.reshape(-1)))
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    return float(torch.nn.functional.cross_entropy(z, y))
 
 
 def per_exit_scores(

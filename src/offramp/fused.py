@@ -143,12 +143,11 @@ class _Builder:
         self.count += 1
         return f"fx{self.count}_{hint}"
 
-    def declare(self, body: list[onnx.NodeProto], name: str, like: onnx.ValueInfoProto | str) -> str:
+    def declare(self, body: _Body, name: str, like: onnx.ValueInfoProto | str) -> str:
         """Record ``name``'s type (that of ``like``: a value info, or a name declared before) in ``body``."""
         source = self.types[like] if isinstance(like, str) else like
-        info = self.types[name] = _unsized(source, name)
-        if isinstance(body, _Body):
-            body.value_info.append(info)
+        body.value_info.append(_unsized(source, name))
+        self.types[name] = body.value_info[-1]
         return name
 
     def tensor(self, name: str, dtype: int, shape: Sequence[int | None]) -> onnx.ValueInfoProto:
@@ -156,7 +155,7 @@ class _Builder:
         info = self.types[name] = helper.make_tensor_value_info(name, dtype, list(shape))
         return info
 
-    def const(self, nodes: list[onnx.NodeProto], value: Any, dtype: int, hint: str) -> str:
+    def const(self, nodes: _Body, value: Any, dtype: int, hint: str) -> str:
         out = self.name(hint)
         shape = [len(value)] if isinstance(value, (list, tuple)) else []
         vals = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -165,9 +164,7 @@ class _Builder:
         )
         return out
 
-    def op(
-        self, nodes: list[onnx.NodeProto], op_type: str, inputs: Sequence[str], hint: str, **attrs: Any
-    ) -> str:
+    def op(self, nodes: _Body, op_type: str, inputs: Sequence[str], hint: str, **attrs: Any) -> str:
         out = self.name(hint)
         nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
@@ -196,9 +193,7 @@ class _Builder:
         return [self.declare(nodes, out.name, out) for out in graph.output]
 
 
-def _signal(
-    b: _Builder, nodes: list[onnx.NodeProto], signal: str, logits: str, conf: str | None, classes: int
-) -> str:
+def _signal(b: _Builder, nodes: _Body, signal: str, logits: str, conf: str | None, classes: int) -> str:
     """The float32 signal values [n] of one exit, as :mod:`offramp.signals` computes them."""
     if signal == "maxprob":
         probs = b.op(nodes, "Softmax", [logits], "probs", axis=-1)
@@ -226,7 +221,7 @@ def _signal(
 
 
 def _record(
-    b: _Builder, nodes: list[onnx.NodeProto], state: tuple[str, str], rows: str, logits: str, slot: int
+    b: _Builder, nodes: _Body, state: tuple[str, str], rows: str, logits: str, slot: int
 ) -> tuple[str, str]:
     """Write ``logits`` [n, C] of original rows ``rows`` [n] and their exit slot into the batch outputs."""
     out, slots = state
@@ -241,7 +236,7 @@ def _record(
     return out, b.declare(nodes, b.op(nodes, "ScatterND", [slots, index, fill], "slots"), slots)
 
 
-def _any(b: _Builder, nodes: list[onnx.NodeProto], flags: str, hint: str) -> str:
+def _any(b: _Builder, nodes: _Body, flags: str, hint: str) -> str:
     """A scalar bool: whether any of ``flags`` [n] is true."""
     as_int = b.op(nodes, "Cast", [flags], hint + "_int", to=TensorProto.INT32)
     top = b.op(nodes, "ReduceMax", [as_int], hint + "_max", keepdims=0)
@@ -257,7 +252,7 @@ def _branch(b: _Builder, name: str, nodes: _Body, outputs: Sequence[str]) -> onn
 
 def _if(
     b: _Builder,
-    nodes: list[onnx.NodeProto],
+    nodes: _Body,
     cond: str,
     then: onnx.GraphProto,
     other: onnx.GraphProto,
@@ -271,9 +266,7 @@ def _if(
     return outs
 
 
-def _reduce(
-    b: _Builder, nodes: list[onnx.NodeProto], op: str, x: str, axes: list[int], hint: str, keepdims: int
-) -> str:
+def _reduce(b: _Builder, nodes: _Body, op: str, x: str, axes: list[int], hint: str, keepdims: int) -> str:
     """``op`` over ``axes``: an attribute before opset 18 (ReduceSum: 13), an input from then on."""
     since = 13 if op == "ReduceSum" else 18
     if b.opsets.get("", 0) >= since:
@@ -281,7 +274,7 @@ def _reduce(
     return b.op(nodes, op, [x], hint, axes=axes, keepdims=keepdims)
 
 
-def _trim(b: _Builder, nodes: list[onnx.NodeProto], hidden: str, mask: str) -> tuple[str, str]:
+def _trim(b: _Builder, nodes: _Body, hidden: str, mask: str) -> tuple[str, str]:
     """Drop trailing columns that are padding in every row left (``engine._trim_padding``)."""
     used = _reduce(b, nodes, "ReduceMax", mask, [0], "used", keepdims=0)  # [s] 0/1
     width = b.op(nodes, "Shape", [mask], "width", start=1, end=2)

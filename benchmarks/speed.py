@@ -15,7 +15,7 @@ policy calibrated on the other ``--calibration`` source is recalibrated in its f
    on SST-2 dev's sentences without labels (``--unlabeled``; ``--calibration val``: the held-out rows);
 3. ``offramp export --format onnx`` (fp32 and ``--int8``), each calibrated the same way;
 4. one :func:`offramp.bench.benchmark` run per thread count (``--threads 1,2``) with every baseline and the
-   three runtime variants (the targets compare each method at its fastest thread count), written to
+   early-exit runtime variants (the targets compare each method at its fastest thread count), written to
    ``benchmarks/results/speed.json`` and ``speed.md``.
 
     .venv/bin/python benchmarks/speed.py                 # everything (~40 min on 2 idle cores)
